@@ -1,0 +1,452 @@
+//! Building, stamping and decoding the `choreo.v1.Event` envelope.
+//!
+//! Two ways in: [`RootEvent`] for an event from outside (CLI, HTTP, a webhook), validated and
+//! given an id and a correlation; and [`Emit`], what a handler returns, which the runtime turns
+//! into a child with [`stamp_child`]. Nobody sets causation, depth or trace context by hand.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use choreo_proto::v1::Event;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::names::{AgentName, EventType, ValidationError, validate_id, validate_label};
+
+/// `content_type` of JSON payloads.
+pub const JSON: &str = "application/json";
+/// `content_type` of protobuf payloads.
+pub const PROTOBUF: &str = "application/protobuf";
+
+/// An event a handler wants published. The runtime adds id, source, time, correlation,
+/// causation, depth and trace context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emit {
+    pub event_type: EventType,
+    pub content_type: String,
+    pub data: Bytes,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Emit {
+    /// An event whose payload is `data` of the given media type.
+    pub fn new(event_type: EventType, content_type: impl Into<String>, data: Bytes) -> Self {
+        Emit {
+            event_type,
+            content_type: content_type.into(),
+            data,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// An event with a JSON payload.
+    pub fn json<T: serde::Serialize + ?Sized>(
+        event_type: EventType,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::new(
+            event_type,
+            JSON,
+            serde_json::to_vec(value)?.into(),
+        ))
+    }
+
+    /// An event with a protobuf payload.
+    pub fn proto<M: Message>(event_type: EventType, message: &M) -> Self {
+        Self::new(event_type, PROTOBUF, message.encode_to_vec().into())
+    }
+
+    /// Adds an extension attribute.
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// An event from outside the choreography: the root of a run (or a new step in an existing run
+/// when `correlation_id` names one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootEvent {
+    pub emit: Emit,
+    /// The external system publishing it, e.g. `cli` or `github`.
+    pub source: String,
+    /// A caller-chosen id, e.g. a CloudEvent id or an idempotency key, so a retried publish is
+    /// deduplicated. A fresh UUIDv7 when `None`.
+    pub id: Option<String>,
+    /// The run this event belongs to. Its own id when `None` (it starts a new run).
+    pub correlation_id: Option<String>,
+    /// The caller's W3C trace context, if it has one.
+    pub traceparent: Option<String>,
+}
+
+impl RootEvent {
+    pub fn new(emit: Emit, source: impl Into<String>) -> Self {
+        RootEvent {
+            emit,
+            source: source.into(),
+            id: None,
+            correlation_id: None,
+            traceparent: None,
+        }
+    }
+
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    pub fn with_correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// Validates every field and builds the envelope, with `time` now.
+    pub fn into_event(self) -> Result<Event, ValidationError> {
+        validate_label("source", &self.source)?;
+        let id = match self.id {
+            Some(id) => {
+                validate_id("id", &id)?;
+                id
+            }
+            None => new_event_id(),
+        };
+        let correlation_id = match self.correlation_id {
+            Some(correlation_id) => {
+                validate_id("correlation_id", &correlation_id)?;
+                correlation_id
+            }
+            None => id.clone(),
+        };
+        let traceparent = match self.traceparent {
+            Some(tp) => {
+                TraceParent::parse(&tp).ok_or_else(|| {
+                    ValidationError::new(
+                        "traceparent",
+                        format!("{tp:?} is not W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)"),
+                    )
+                })?;
+                tp
+            }
+            None => TraceParent::root_for(&id).to_string(),
+        };
+        Ok(Event {
+            id,
+            r#type: self.emit.event_type.to_string(),
+            source: self.source,
+            time: Some(SystemTime::now().into()),
+            correlation_id,
+            causation_id: String::new(),
+            depth: 0,
+            content_type: self.emit.content_type,
+            data: self.emit.data,
+            attributes: self.emit.attributes,
+            traceparent,
+        })
+    }
+}
+
+/// A fresh, time-sortable event id (UUIDv7, hyphenated).
+pub fn new_event_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// The id of the `index`-th event `agent` emitted while handling `parent`.
+///
+/// Deterministic, so a redelivered input re-publishes the same ids and the stream's duplicate
+/// window drops the copies. It is a UUIDv7 carrying the parent's timestamp (children sort next
+/// to their cause) and hash bits from (parent id, agent, index). SHA-256 rather than std's
+/// hasher because the ids must not change between builds: a new release may be the one that
+/// handles the redelivery.
+pub fn child_event_id(parent: &Event, agent: &AgentName, index: usize) -> String {
+    let digest = Sha256::new()
+        .chain_update(parent.id.as_bytes())
+        .chain_update([0])
+        .chain_update(agent.as_str().as_bytes())
+        .chain_update([0])
+        .chain_update((index as u64).to_be_bytes())
+        .finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(timestamp_millis_of(parent), &random)
+        .into_uuid()
+        .to_string()
+}
+
+/// The parent's time in milliseconds: from its UUIDv7 id when it has one, else its `time`.
+fn timestamp_millis_of(event: &Event) -> u64 {
+    if let Ok(uuid) = Uuid::parse_str(&event.id)
+        && let Some(ts) = uuid.get_timestamp()
+    {
+        let (secs, nanos) = ts.to_unix();
+        return secs * 1000 + u64::from(nanos) / 1_000_000;
+    }
+    event
+        .time
+        .as_ref()
+        .map(|t| {
+            let secs = u64::try_from(t.seconds).unwrap_or(0);
+            let millis = u64::try_from(t.nanos).unwrap_or(0) / 1_000_000;
+            secs * 1000 + millis
+        })
+        .unwrap_or(0)
+}
+
+/// Builds the `index`-th child that `agent` emits while handling `parent`: same correlation,
+/// causation = parent id, depth + 1, trace context continued, `time` now.
+pub fn stamp_child(parent: &Event, agent: &AgentName, index: usize, emit: Emit) -> Event {
+    let id = child_event_id(parent, agent, index);
+    let traceparent = TraceParent::parse(&parent.traceparent)
+        .unwrap_or_else(|| TraceParent::root_for(&parent.correlation_id))
+        .child_for(&id)
+        .to_string();
+    Event {
+        id,
+        r#type: emit.event_type.to_string(),
+        source: agent.to_string(),
+        time: Some(SystemTime::now().into()),
+        correlation_id: parent.correlation_id.clone(),
+        causation_id: parent.id.clone(),
+        depth: parent.depth.saturating_add(1),
+        content_type: emit.content_type,
+        data: emit.data,
+        attributes: emit.attributes,
+        traceparent,
+    }
+}
+
+/// Why bytes from the stream are not a usable event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not a choreo.v1.Event: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("decoded event is unusable: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+/// Decodes an envelope and checks the fields the bus relies on (id, type, correlation).
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let event = Event::decode(bytes)?;
+    validate_id("id", &event.id)?;
+    validate_id("correlation_id", &event.correlation_id)?;
+    EventType::new(event.r#type.as_str())?;
+    Ok(event)
+}
+
+/// Decodes a JSON payload, naming the event in the error.
+pub fn json_data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(&event.data)
+}
+
+/// W3C trace context (`traceparent`), version 00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `00-<trace id>-<span id>-<flags>`; `None` for anything else or all-zero ids.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || version != "00" {
+            return None;
+        }
+        let trace_id: [u8; 16] = decode_hex(trace)?;
+        let span_id: [u8; 8] = decode_hex(span)?;
+        let [flags] = decode_hex::<1>(flags)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// A new trace for a root event, derived from its id (unique ids give unique traces).
+    pub fn root_for(id: &str) -> Self {
+        let digest = Sha256::digest(id.as_bytes());
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&digest[..16]);
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&digest[16..24]);
+        TraceParent {
+            trace_id,
+            span_id,
+            flags: 1,
+        }
+    }
+
+    /// The context of a child: same trace, a span of its own derived from the child's id.
+    pub fn child_for(&self, child_id: &str) -> Self {
+        let digest = Sha256::digest(child_id.as_bytes());
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&digest[..8]);
+        TraceParent { span_id, ..*self }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        encode_hex(&self.trace_id)
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            encode_hex(&self.trace_id),
+            encode_hex(&self.span_id),
+            self.flags
+        )
+    }
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(s: &str) -> EventType {
+        EventType::new(s).expect("valid type")
+    }
+
+    fn root() -> Event {
+        RootEvent::new(Emit::json(ty("a.happened"), &1).expect("json"), "test")
+            .into_event()
+            .expect("valid")
+    }
+
+    #[test]
+    fn a_root_event_starts_its_own_run() {
+        let event = root();
+        assert_eq!(event.correlation_id, event.id);
+        assert_eq!(event.causation_id, "");
+        assert_eq!(event.depth, 0);
+        assert!(TraceParent::parse(&event.traceparent).is_some());
+        assert_eq!(decode(&event.encode_to_vec()).expect("decodes"), event);
+    }
+
+    #[test]
+    fn root_event_validation_names_the_field() {
+        let emit = Emit::json(ty("a.b"), &1).expect("json");
+        let bad_correlation = RootEvent::new(emit.clone(), "cli").with_correlation_id("x.y");
+        assert_eq!(
+            bad_correlation.into_event().expect_err("dot").field,
+            "correlation_id"
+        );
+        let bad_id = RootEvent::new(emit.clone(), "cli").with_id("a*");
+        assert_eq!(bad_id.into_event().expect_err("star").field, "id");
+        let bad_source = RootEvent::new(emit.clone(), "");
+        assert_eq!(bad_source.into_event().expect_err("empty").field, "source");
+        let bad_trace = RootEvent::new(emit, "cli").with_traceparent("00-zz");
+        assert_eq!(
+            bad_trace.into_event().expect_err("trace").field,
+            "traceparent"
+        );
+    }
+
+    #[test]
+    fn a_child_carries_correlation_causation_depth_and_trace() {
+        let parent = root();
+        let agent = AgentName::new("worker").expect("valid");
+        let child = stamp_child(
+            &parent,
+            &agent,
+            0,
+            Emit::json(ty("b.done"), &2).expect("json"),
+        );
+        assert_eq!(child.correlation_id, parent.correlation_id);
+        assert_eq!(child.causation_id, parent.id);
+        assert_eq!(child.depth, 1);
+        assert_eq!(child.source, "worker");
+        let (p, c) = (
+            TraceParent::parse(&parent.traceparent).expect("parent trace"),
+            TraceParent::parse(&child.traceparent).expect("child trace"),
+        );
+        assert_eq!(p.trace_id, c.trace_id);
+        assert_ne!(p.span_id, c.span_id);
+    }
+
+    #[test]
+    fn child_ids_are_deterministic_and_distinct() {
+        let parent = root();
+        let a = AgentName::new("a").expect("valid");
+        let b = AgentName::new("b").expect("valid");
+        assert_eq!(
+            child_event_id(&parent, &a, 0),
+            child_event_id(&parent, &a, 0)
+        );
+        assert_ne!(
+            child_event_id(&parent, &a, 0),
+            child_event_id(&parent, &a, 1)
+        );
+        assert_ne!(
+            child_event_id(&parent, &a, 0),
+            child_event_id(&parent, &b, 0)
+        );
+        let id = Uuid::parse_str(&child_event_id(&parent, &a, 0)).expect("uuid");
+        assert_eq!(id.get_version_num(), 7);
+        let parent_ms = timestamp_millis_of(&parent);
+        let (secs, nanos) = id.get_timestamp().expect("v7 timestamp").to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, parent_ms);
+    }
+
+    #[test]
+    fn garbage_and_incomplete_envelopes_do_not_decode() {
+        assert!(matches!(
+            decode(b"\xff\xff\xff"),
+            Err(DecodeError::Protobuf(_))
+        ));
+        let no_correlation = Event {
+            id: "x".into(),
+            r#type: "a.b".into(),
+            ..Event::default()
+        };
+        assert!(matches!(
+            decode(&no_correlation.encode_to_vec()),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_zero_ids() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(TraceParent::parse(tp).expect("valid").to_string(), tp);
+        assert!(
+            TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! The library every choreo agent and tool links.
+//!
+//! # Layout
+//!
+//! - [`names`]: validated event types, agent names, namespaces and ids; the subject scheme
+//!   `<ns>.<correlation_id>.<type tokens>`.
+//! - [`envelope`]: building root events ([`RootEvent`]), what handlers return ([`Emit`]),
+//!   stamping children (ids, correlation, causation, depth, trace context) and decoding.
+//! - [`connect`]: how to reach NATS ([`NatsConfig`]), credentials and TLS, reconnect behaviour.
+//! - [`streams`]: idempotent set-up of the `EVENTS` and `DEADLETTERS` streams.
+//! - [`publish`]: publishing envelopes with deduplication ([`Publisher`]).
+//! - [`runtime`]: the agent runtime ([`Runtime`]): durable pull consumer → decode → handler →
+//!   publish children → ack, with retries, dead letters and graceful shutdown.
+//! - [`dead_letter`]: what a dead letter holds and why it was written.
+//! - [`telemetry`] and [`shutdown`]: logging set-up and SIGINT/SIGTERM for binaries.
+//!
+//! Data flows one way: an external system publishes a [`RootEvent`]; the stream stores it; each
+//! subscribed agent's [`Runtime`] hands it to a [`Handler`], which returns [`Emit`]s; the runtime
+//! stamps and publishes them as children; and so on until no agent reacts.
+
+pub mod connect;
+pub mod dead_letter;
+pub mod envelope;
+pub mod names;
+pub mod publish;
+pub mod runtime;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+
+pub use choreo_proto::v1::{DeadLetter, Event};
+pub use connect::{InitialConnect, NatsConfig};
+pub use envelope::{Emit, RootEvent};
+pub use names::{AgentName, EventType, Namespace, ValidationError};
+pub use publish::{PublishError, Published, Publisher};
+pub use runtime::{Agent, Handler, HandlerError, Incoming, Runtime, RuntimeConfig, handler_fn};
+pub use streams::{StreamsConfig, ensure_streams};

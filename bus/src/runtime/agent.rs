@@ -1,0 +1,232 @@
+//! What an agent is: a name, the types it reacts to, the types it may emit, and a handler.
+
+use std::future::Future;
+use std::ops::Deref;
+
+use choreo_proto::v1::Event;
+
+use crate::envelope::Emit;
+use crate::names::{AgentName, EventType, ValidationError};
+
+/// An agent's declaration. Its name is public API: the durable consumer that all its copies
+/// share, its span field and the `source` of what it emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    name: AgentName,
+    subscribes: Vec<EventType>,
+    emits: Vec<EventType>,
+}
+
+impl Agent {
+    /// Starts a declaration.
+    ///
+    /// ```
+    /// let agent = choreo_bus::Agent::builder("counter")
+    ///     .subscribes("text.submitted")
+    ///     .emits("text.counted")
+    ///     .build()?;
+    /// assert_eq!(agent.name().as_str(), "counter");
+    /// # Ok::<(), choreo_bus::ValidationError>(())
+    /// ```
+    pub fn builder(name: impl Into<String>) -> AgentBuilder {
+        AgentBuilder {
+            name: name.into(),
+            subscribes: Vec::new(),
+            emits: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &AgentName {
+        &self.name
+    }
+
+    pub fn subscribes(&self) -> &[EventType] {
+        &self.subscribes
+    }
+
+    pub fn emits(&self) -> &[EventType] {
+        &self.emits
+    }
+
+    /// Whether this agent declared it may emit `event_type`.
+    pub fn may_emit(&self, event_type: &EventType) -> bool {
+        self.emits.contains(event_type)
+    }
+}
+
+/// Collects a declaration; [`AgentBuilder::build`] validates it.
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    name: String,
+    subscribes: Vec<String>,
+    emits: Vec<String>,
+}
+
+impl AgentBuilder {
+    /// An event type this agent handles (in every correlation). Call once per type.
+    pub fn subscribes(mut self, event_type: impl Into<String>) -> Self {
+        self.subscribes.push(event_type.into());
+        self
+    }
+
+    /// An event type this agent may emit. Emitting anything undeclared is a handler error.
+    pub fn emits(mut self, event_type: impl Into<String>) -> Self {
+        self.emits.push(event_type.into());
+        self
+    }
+
+    pub fn build(self) -> Result<Agent, ValidationError> {
+        let name = AgentName::new(self.name)?;
+        if self.subscribes.is_empty() {
+            return Err(ValidationError::new(
+                "subscribes",
+                format!("agent {name} subscribes to nothing; declare at least one event type"),
+            ));
+        }
+        let parse = |types: Vec<String>| {
+            let mut parsed = types
+                .into_iter()
+                .map(EventType::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            parsed.sort();
+            parsed.dedup();
+            Ok::<_, ValidationError>(parsed)
+        };
+        Ok(Agent {
+            name,
+            subscribes: parse(self.subscribes)?,
+            emits: parse(self.emits)?,
+        })
+    }
+}
+
+/// An event delivered to a handler, with its delivery facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub event: Event,
+    /// 1 on first delivery, more on redelivery.
+    pub delivery: u64,
+    /// The event's sequence in the events stream.
+    pub stream_sequence: u64,
+}
+
+impl Incoming {
+    /// The JSON payload; a payload that does not parse is a permanent error (retrying the same
+    /// bytes cannot help).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        crate::envelope::json_data(&self.event).map_err(|err| {
+            HandlerError::permanent(format!(
+                "event {} ({}) has a payload that is not the expected JSON: {err}",
+                self.event.id, self.event.r#type
+            ))
+        })
+    }
+}
+
+impl Deref for Incoming {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// Why a handler did not complete, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work next time (a timeout, a dependency down): the event is redelivered with
+    /// backoff until the agent's max deliveries, then dead-lettered.
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail the same way again (bad input): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    pub fn retryable(error: impl std::fmt::Display) -> Self {
+        HandlerError::Retryable(error.to_string())
+    }
+
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        HandlerError::Permanent(error.to_string())
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HandlerError::Retryable(_))
+    }
+}
+
+/// An agent's logic: given an event, the events to publish. It never publishes itself; the
+/// runtime stamps and publishes what it returns, so causation is always right and a redelivery
+/// republishes the same ids.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        event: &Incoming,
+    ) -> impl Future<Output = Result<Vec<Emit>, HandlerError>> + Send;
+}
+
+/// A [`Handler`] made from an async closure that takes the event by value.
+#[derive(Debug, Clone)]
+pub struct FnHandler<F>(F);
+
+/// Wraps an async closure as a [`Handler`].
+///
+/// ```
+/// use choreo_bus::{Emit, EventType, Incoming, handler_fn};
+/// let handler = handler_fn(|event: Incoming| async move {
+///     let done = EventType::new("text.counted").map_err(choreo_bus::HandlerError::permanent)?;
+///     Ok(vec![Emit::json(done, &event.data.len()).map_err(choreo_bus::HandlerError::permanent)?])
+/// });
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Emit>, HandlerError>> + Send,
+{
+    FnHandler(f)
+}
+
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Emit>, HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        event: &Incoming,
+    ) -> impl Future<Output = Result<Vec<Emit>, HandlerError>> + Send {
+        (self.0)(event.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declaration_is_validated() {
+        let agent = Agent::builder("a")
+            .subscribes("x.y")
+            .subscribes("x.y")
+            .emits("z.w")
+            .build()
+            .expect("valid");
+        assert_eq!(agent.subscribes().len(), 1, "duplicates collapse");
+        assert!(agent.may_emit(&EventType::new("z.w").expect("valid")));
+        assert!(!agent.may_emit(&EventType::new("x.y").expect("valid")));
+
+        let no_subscriptions = Agent::builder("a").build().expect_err("empty");
+        assert_eq!(no_subscriptions.field, "subscribes");
+        let bad_name = Agent::builder("a.b")
+            .subscribes("x")
+            .build()
+            .expect_err("dot");
+        assert_eq!(bad_name.field, "agent name");
+        let bad_type = Agent::builder("a")
+            .subscribes("x.*")
+            .build()
+            .expect_err("star");
+        assert_eq!(bad_type.field, "type");
+    }
+}

@@ -1,0 +1,251 @@
+//! Setting up the `EVENTS` and `DEADLETTERS` streams, idempotently.
+//!
+//! [`ensure_streams`] creates what is missing and leaves what matches alone, so every agent,
+//! tool and deployment step can call it. A stream that exists with different settings is
+//! reported as [`SetupError::Conflict`] and never silently changed: the log is the source of
+//! truth, and shrinking its limits would delete history.
+//!
+//! # Defaults
+//!
+//! | setting | events | dead letters |
+//! |---|---|---|
+//! | storage | file | file |
+//! | subjects | `<ns>.>` | `dlq.>` |
+//! | duplicate window | 2 minutes | 2 minutes |
+//! | max age, bytes, messages | unlimited | unlimited |
+//! | when full | refuse new events (`discard: new`), so a full log is an error, never lost history | same |
+//! | replicas | 1 | 1 |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    stream::{self, DiscardPolicy, StorageType},
+};
+
+use crate::names::Namespace;
+
+/// The stream that keeps dead letters for every namespace.
+pub const DEAD_LETTER_STREAM: &str = "DEADLETTERS";
+/// The subject prefix of dead letters: `dlq.<ns>.<agent>.<correlation>`.
+pub const DEAD_LETTER_PREFIX: &str = "dlq";
+
+/// Limits of one stream. Zero or negative means unlimited, as in JetStream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_messages: i64,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            max_messages: -1,
+        }
+    }
+}
+
+/// Settings for [`ensure_streams`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamsConfig {
+    pub namespace: Namespace,
+    /// How long an event id is remembered for deduplication. Must outlast a redelivery: keep it
+    /// above the agents' ack wait.
+    pub duplicate_window: Duration,
+    pub events: StreamLimits,
+    pub dead_letters: StreamLimits,
+    pub replicas: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            namespace: Namespace::default(),
+            duplicate_window: Duration::from_secs(120),
+            events: StreamLimits::default(),
+            dead_letters: StreamLimits::default(),
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// The events stream's JetStream configuration.
+    pub fn events_stream(&self) -> stream::Config {
+        self.stream(
+            self.namespace.stream_name(),
+            self.namespace.all_events(),
+            &self.events,
+        )
+    }
+
+    /// The dead-letter stream's JetStream configuration.
+    pub fn dead_letter_stream(&self) -> stream::Config {
+        self.stream(
+            DEAD_LETTER_STREAM.to_string(),
+            format!("{DEAD_LETTER_PREFIX}.>"),
+            &self.dead_letters,
+        )
+    }
+
+    fn stream(&self, name: String, subject: String, limits: &StreamLimits) -> stream::Config {
+        stream::Config {
+            name,
+            subjects: vec![subject],
+            storage: StorageType::File,
+            duplicate_window: self.duplicate_window,
+            max_age: limits.max_age,
+            max_bytes: limits.max_bytes,
+            max_messages: limits.max_messages,
+            discard: DiscardPolicy::New,
+            num_replicas: self.replicas,
+            // Direct gets let tools read single events from any replica without the leader.
+            allow_direct: true,
+            ..stream::Config::default()
+        }
+    }
+}
+
+/// What [`ensure_streams`] did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    Created,
+    AlreadyMatching,
+}
+
+/// What [`ensure_streams`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsReport {
+    pub events: StreamOutcome,
+    pub dead_letters: StreamOutcome,
+}
+
+/// Why the streams are not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "stream {stream} exists with {field} = {existing}, but this configuration wants {wanted}; \
+         nothing was changed: align the configuration, or change the stream deliberately \
+         (nats stream edit {stream})"
+    )]
+    Conflict {
+        stream: String,
+        field: &'static str,
+        existing: String,
+        wanted: String,
+    },
+    #[error(
+        "JetStream did not answer while setting up stream {stream}: {detail}; is JetStream enabled (nats-server -js)?"
+    )]
+    Unavailable { stream: String, detail: String },
+    #[error("JetStream refused stream {stream}: {detail}")]
+    Refused { stream: String, detail: String },
+}
+
+impl SetupError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SetupError::Unavailable { .. })
+    }
+}
+
+/// Creates the events and dead-letter streams if they are missing; checks them if not.
+///
+/// ```no_run
+/// # async fn demo(client: async_nats::Client) -> Result<(), choreo_bus::streams::SetupError> {
+/// let jetstream = async_nats::jetstream::new(client);
+/// choreo_bus::streams::ensure_streams(&jetstream, &Default::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn ensure_streams(
+    jetstream: &jetstream::Context,
+    config: &StreamsConfig,
+) -> Result<StreamsReport, SetupError> {
+    Ok(StreamsReport {
+        events: ensure_stream(jetstream, config.events_stream()).await?,
+        dead_letters: ensure_stream(jetstream, config.dead_letter_stream()).await?,
+    })
+}
+
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    wanted: stream::Config,
+) -> Result<StreamOutcome, SetupError> {
+    let name = wanted.name.clone();
+    match jetstream.get_stream(&name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|err| SetupError::Unavailable {
+                    stream: name.clone(),
+                    detail: err.to_string(),
+                })?;
+            compare(&info.config, &wanted)?;
+            Ok(StreamOutcome::AlreadyMatching)
+        }
+        Err(err) if is_stream_not_found(&err) => {
+            match jetstream.create_stream(wanted.clone()).await {
+                Ok(_) => Ok(StreamOutcome::Created),
+                Err(create_err) => {
+                    // Another process may have created it between our two calls.
+                    if let Ok(mut existing) = jetstream.get_stream(&name).await
+                        && let Ok(info) = existing.info().await
+                    {
+                        compare(&info.config, &wanted)?;
+                        return Ok(StreamOutcome::AlreadyMatching);
+                    }
+                    Err(SetupError::Refused {
+                        stream: name,
+                        detail: create_err.to_string(),
+                    })
+                }
+            }
+        }
+        Err(err) => Err(SetupError::Unavailable {
+            stream: name,
+            detail: err.to_string(),
+        }),
+    }
+}
+
+/// True when the server answered that the stream does not exist (as opposed to not answering).
+pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(server)
+            if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The first setting in which an existing stream differs from the wanted one.
+fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), SetupError> {
+    // Rendered with Debug, which is equal exactly when the values are, and readable in the error.
+    let settings = |c: &stream::Config| {
+        [
+            ("subjects", format!("{:?}", c.subjects)),
+            ("storage", format!("{:?}", c.storage)),
+            ("duplicate_window", format!("{:?}", c.duplicate_window)),
+            ("max_age", format!("{:?}", c.max_age)),
+            ("max_bytes", c.max_bytes.to_string()),
+            ("max_messages", c.max_messages.to_string()),
+            ("discard", format!("{:?}", c.discard)),
+            ("replicas", c.num_replicas.to_string()),
+        ]
+    };
+    for ((field, existing), (_, wanted_value)) in
+        settings(existing).into_iter().zip(settings(wanted))
+    {
+        if existing != wanted_value {
+            return Err(SetupError::Conflict {
+                stream: wanted.name.clone(),
+                field,
+                existing,
+                wanted: wanted_value,
+            });
+        }
+    }
+    Ok(())
+}

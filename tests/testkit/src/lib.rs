@@ -1,0 +1,231 @@
+//! A real `nats-server` with JetStream, for tests and benchmarks.
+//!
+//! Every [`NatsServer`] is its own process on a random loopback port with its own temporary
+//! store directory, killed when dropped. [`NatsServer::kill`] and [`NatsServer::start_again`]
+//! stop it hard (SIGKILL) and bring it back on the same port and store, for fault tests.
+//!
+//! The binary is found, in order, at `$NATS_SERVER_BIN`, as `nats-server` on `PATH`, or in the
+//! project-local install that `scripts/ensure-nats-server` makes (`.tools/nats/bin`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), choreo_testkit::TestServerError> {
+//! let server = choreo_testkit::NatsServer::start().await?;
+//! let client = async_nats::connect(server.url()).await.expect("connects");
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long a server gets to open its port and enable JetStream.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often readiness is re-checked while waiting.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+/// Why a test server could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum TestServerError {
+    #[error(
+        "no nats-server binary found: set NATS_SERVER_BIN, put nats-server on PATH, \
+         or run scripts/ensure-nats-server"
+    )]
+    BinaryNotFound,
+    #[error("could not start nats-server at {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not prepare the server's directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nats-server did not become ready within {timeout:?}; its log:\n{log}")]
+    NotReady { timeout: Duration, log: String },
+}
+
+/// A running `nats-server -js`, killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    dir: TempDir,
+    port: Option<u16>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on a random port with a fresh store directory, and waits until
+    /// JetStream answers.
+    pub async fn start() -> Result<Self, TestServerError> {
+        Self::start_with_args(Vec::<String>::new()).await
+    }
+
+    /// Like [`NatsServer::start`], with extra command-line arguments (limits, auth, ...).
+    pub async fn start_with_args<I, S>(args: I) -> Result<Self, TestServerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut server = NatsServer {
+            binary: find_binary()?,
+            dir: tempfile::Builder::new().prefix("choreo-nats-").tempdir()?,
+            port: None,
+            extra_args: args.into_iter().map(Into::into).collect(),
+            child: None,
+        };
+        server.spawn_and_wait().await?;
+        Ok(server)
+    }
+
+    /// The client URL, e.g. `nats://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port.unwrap_or_default())
+    }
+
+    /// The JetStream store directory, kept across [`NatsServer::kill`] and restart.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory, and waits until ready.
+    pub async fn start_again(&mut self) -> Result<(), TestServerError> {
+        self.kill();
+        self.spawn_and_wait().await
+    }
+
+    /// Kills the server (SIGKILL) and starts it again at once on the same port and store.
+    pub async fn restart(&mut self) -> Result<(), TestServerError> {
+        self.start_again().await
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn ports_dir(&self) -> PathBuf {
+        self.dir.path().join("ports")
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), TestServerError> {
+        let ports_dir = self.ports_dir();
+        // A stale ports file from the previous run would report the old process as ready.
+        if ports_dir.exists() {
+            std::fs::remove_dir_all(&ports_dir)?;
+        }
+        std::fs::create_dir_all(&ports_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let port = self
+            .port
+            .map_or_else(|| "-1".to_string(), |p| p.to_string());
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--store_dir"])
+            .arg(self.store_dir())
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|source| TestServerError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        let pid = child.id();
+        self.child = Some(child);
+
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(port) = read_client_port(&ports_dir, pid)
+                && jetstream_answers(port).await
+            {
+                self.port = Some(port);
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited || tokio::time::Instant::now() >= deadline {
+                return Err(TestServerError::NotReady {
+                    timeout: READY_TIMEOUT,
+                    log: self.log(),
+                });
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The path to the nats-server binary, or why there is none.
+pub fn find_binary() -> Result<PathBuf, TestServerError> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/nats/bin/nats-server");
+    if local.is_file() {
+        return Ok(local);
+    }
+    Err(TestServerError::BinaryNotFound)
+}
+
+/// Reads the client port from the ports file nats-server writes once it listens.
+fn read_client_port(ports_dir: &Path, pid: u32) -> Option<u16> {
+    let suffix = format!("_{pid}.ports");
+    let entry = std::fs::read_dir(ports_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|entry| entry.file_name().to_string_lossy().ends_with(&suffix))?;
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+    let url = ports.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// True once a client can connect and JetStream answers an account query.
+async fn jetstream_answers(port: u16) -> bool {
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+    else {
+        return false;
+    };
+    let answered = async_nats::jetstream::new(client.clone())
+        .query_account()
+        .await
+        .is_ok();
+    let _ = client.drain().await;
+    answered
+}
