@@ -213,14 +213,23 @@ fn read_client_port(ports_dir: &Path, pid: u32) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
-/// True once a client can connect and JetStream answers an account query.
+/// True once a client can connect and JetStream answers an account query. A server configured
+/// with users refuses this anonymous probe; the refusal itself shows it is up (JetStream is
+/// enabled before nats-server accepts clients).
 async fn jetstream_answers(port: u16) -> bool {
-    let Ok(client) = async_nats::ConnectOptions::new()
+    let client = match async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(1))
         .connect(format!("nats://127.0.0.1:{port}"))
         .await
-    else {
-        return false;
+    {
+        Ok(client) => client,
+        Err(err) => {
+            return matches!(
+                err.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            );
+        }
     };
     let answered = async_nats::jetstream::new(client.clone())
         .query_account()

@@ -1,0 +1,226 @@
+//! Helpers for the bus's integration tests: a real server with the streams set up, reading what
+//! the streams hold, waiting for conditions, and running agents that can be stopped.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer::pull};
+use choreo_bus::{
+    Agent, DeadLetter, Emit, Event, EventType, Handler, NatsConfig, Publisher, RootEvent, Runtime,
+    RuntimeConfig, StreamsConfig, ensure_streams, envelope, runtime::Backoff,
+};
+use choreo_testkit::NatsServer;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any one condition in these tests may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Bus {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub publisher: Publisher,
+}
+
+impl Bus {
+    /// A fresh server with the streams set up.
+    pub async fn start() -> anyhow::Result<Bus> {
+        Self::on(NatsServer::start().await?, NatsConfig::default()).await
+    }
+
+    /// Connects to `server` (with `auth`'s credentials, if any) and sets up the streams.
+    pub async fn on(server: NatsServer, auth: NatsConfig) -> anyhow::Result<Bus> {
+        let client = connect(&server, auth).await?;
+        let jetstream = jetstream::new(client.clone());
+        ensure_streams(&jetstream, &StreamsConfig::default()).await?;
+        let publisher = Publisher::new(jetstream.clone(), Default::default());
+        Ok(Bus {
+            server,
+            client,
+            jetstream,
+            publisher,
+        })
+    }
+
+    /// A new, separate connection (as another process would have).
+    pub async fn connect(&self, auth: NatsConfig) -> anyhow::Result<async_nats::Client> {
+        connect(&self.server, auth).await
+    }
+
+    /// Publishes a root event with a JSON payload, optionally into an existing run.
+    pub async fn publish(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        correlation: Option<&str>,
+    ) -> anyhow::Result<Event> {
+        let mut root = RootEvent::new(Emit::json(EventType::new(event_type)?, &data)?, "test");
+        if let Some(correlation) = correlation {
+            root = root.with_correlation_id(correlation);
+        }
+        let event = root.into_event()?;
+        self.publisher.send_event(&event).await?.confirmed().await?;
+        Ok(event)
+    }
+
+    /// Every event stored on subjects matching `filter`, in stream order.
+    pub async fn events(&self, filter: &str) -> anyhow::Result<Vec<Event>> {
+        self.raw("EVENTS", filter)
+            .await?
+            .into_iter()
+            .map(|message| Ok(envelope::decode(&message.payload)?))
+            .collect()
+    }
+
+    /// Every dead letter stored, in order.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        self.raw("DEADLETTERS", "dlq.>")
+            .await?
+            .into_iter()
+            .map(|message| Ok(DeadLetter::decode(message.payload)?))
+            .collect()
+    }
+
+    /// The raw messages of `stream` on `filter`, read with an ordered consumer.
+    pub async fn raw(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> anyhow::Result<Vec<async_nats::Message>> {
+        let stream = self.jetstream.get_stream(stream).await?;
+        let mut consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        let pending = consumer.info().await?.num_pending;
+        let mut out = Vec::new();
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .context("ordered read stalled")?
+        {
+            let message = message?;
+            let remaining = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+            out.push(message.message);
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts `agent` on its own connection; stop it with the returned [`Running::stop`].
+    pub async fn run<H: Handler>(
+        &self,
+        agent: Agent,
+        handler: H,
+        config: RuntimeConfig,
+    ) -> anyhow::Result<Running> {
+        self.run_as(NatsConfig::default(), agent, handler, config)
+            .await
+    }
+
+    /// Like [`Bus::run`], connecting with `auth`'s credentials.
+    pub async fn run_as<H: Handler>(
+        &self,
+        auth: NatsConfig,
+        agent: Agent,
+        handler: H,
+        config: RuntimeConfig,
+    ) -> anyhow::Result<Running> {
+        let client = self.connect(auth).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            Runtime::new(client, agent, handler)
+                .config(config)
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Running {
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+async fn connect(server: &NatsServer, auth: NatsConfig) -> anyhow::Result<async_nats::Client> {
+    let config = NatsConfig {
+        servers: vec![server.url()],
+        ..auth
+    };
+    Ok(config.connect().await?)
+}
+
+/// A runtime running in a task.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), choreo_bus::runtime::RuntimeError>>,
+}
+
+impl Running {
+    /// Signals shutdown and waits for the runtime to drain and return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .context("runtime did not stop")???;
+        Ok(())
+    }
+
+    /// Stops the runtime's task where it is, without draining: as if the process died.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `condition` until it holds, failing after [`PATIENCE`] with `what`.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings that make retries and redeliveries quick enough for tests.
+pub fn quick_config() -> RuntimeConfig {
+    RuntimeConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+            multiplier: 2,
+        },
+        ack_wait: Duration::from_secs(2),
+        max_deliveries: 3,
+        shutdown_grace: Duration::from_secs(20),
+        ..RuntimeConfig::default()
+    }
+}
+
+pub fn event_type(name: &str) -> EventType {
+    EventType::new(name).expect("test event types are valid")
+}
