@@ -110,12 +110,16 @@ impl RootEvent {
     /// Validates every field and builds the envelope, with `time` now.
     pub fn into_event(self) -> Result<Event, ValidationError> {
         validate_label("source", &self.source)?;
-        let id = match self.id {
+        // A generated id is a UUIDv7 whose 74 random bits make a good trace id too.
+        let (id, generated) = match self.id {
             Some(id) => {
                 validate_id("id", &id)?;
-                id
+                (id, None)
             }
-            None => new_event_id(),
+            None => {
+                let uuid = Uuid::now_v7();
+                (encode_uuid(&uuid), Some(uuid))
+            }
         };
         let correlation_id = match self.correlation_id {
             Some(correlation_id) => {
@@ -134,7 +138,10 @@ impl RootEvent {
                 })?;
                 tp
             }
-            None => TraceParent::root_for(&id).to_string(),
+            None => match generated {
+                Some(uuid) => TraceParent::root_from_uuid(&uuid).to_string(),
+                None => TraceParent::root_for(&id).to_string(),
+            },
         };
         Ok(Event {
             id,
@@ -154,7 +161,14 @@ impl RootEvent {
 
 /// A fresh, time-sortable event id (UUIDv7, hyphenated).
 pub fn new_event_id() -> String {
-    Uuid::now_v7().to_string()
+    encode_uuid(&Uuid::now_v7())
+}
+
+/// Hyphenated lower-case form, written directly (it is on every publish's path).
+fn encode_uuid(uuid: &Uuid) -> String {
+    uuid.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_string()
 }
 
 /// The id of the `index`-th event `agent` emitted while handling `parent`.
@@ -174,9 +188,10 @@ pub fn child_event_id(parent: &Event, agent: &AgentName, index: usize) -> String
         .finalize();
     let mut random = [0u8; 10];
     random.copy_from_slice(&digest[..10]);
-    uuid::Builder::from_unix_timestamp_millis(timestamp_millis_of(parent), &random)
-        .into_uuid()
-        .to_string()
+    encode_uuid(
+        &uuid::Builder::from_unix_timestamp_millis(timestamp_millis_of(parent), &random)
+            .into_uuid(),
+    )
 }
 
 /// The parent's time in milliseconds: from its UUIDv7 id when it has one, else its `time`.
@@ -288,6 +303,20 @@ impl TraceParent {
         }
     }
 
+    /// A new trace for a root event whose id is a fresh UUIDv7: the id's bytes are the trace
+    /// id (its last 8 bytes are random, as W3C asks of a trace id) and those random bytes the
+    /// span id. No hashing needed on the publish path.
+    pub fn root_from_uuid(id: &Uuid) -> Self {
+        let trace_id = *id.as_bytes();
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&trace_id[8..]);
+        TraceParent {
+            trace_id,
+            span_id,
+            flags: 1,
+        }
+    }
+
     /// The context of a child: same trace, a span of its own derived from the child's id.
     pub fn child_for(&self, child_id: &str) -> Self {
         let digest = Sha256::digest(child_id.as_bytes());
@@ -303,22 +332,30 @@ impl TraceParent {
 
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            encode_hex(&self.trace_id),
-            encode_hex(&self.span_id),
-            self.flags
-        )
+        // Written into one buffer: this runs for every event published.
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        f.write_str(&out)
     }
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {

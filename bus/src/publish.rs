@@ -2,8 +2,8 @@
 //!
 //! Every event goes out the same way ([`Publisher::send_event`]): on
 //! `<ns>.<correlation>.<type>`, with `Nats-Msg-Id` = event id so a retried publish is
-//! deduplicated by the stream, and with a few plain headers so `nats` CLI users can see what an
-//! event is without decoding protobuf.
+//! deduplicated by the stream. With the subject, the plain headers (see [`headers`]) let `nats`
+//! CLI users see what an event is without decoding protobuf.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};
@@ -13,13 +13,14 @@ use prost::Message;
 use crate::envelope::RootEvent;
 use crate::names::{Namespace, ValidationError};
 
-/// Header names set on every event message.
+/// Header names set on event messages.
+///
+/// Only what the subject (`<ns>.<correlation>.<type>`) does not already say, because every
+/// header byte is parsed by the server on every publish: the id (as `Nats-Msg-Id`, the
+/// deduplication key), the causation id (absent on root events) and the depth.
 pub mod headers {
     /// The event id; the stream's deduplication key.
     pub const MSG_ID: &str = "Nats-Msg-Id";
-    pub const TYPE: &str = "Choreo-Type";
-    pub const SOURCE: &str = "Choreo-Source";
-    pub const CORRELATION_ID: &str = "Choreo-Correlation-Id";
     pub const CAUSATION_ID: &str = "Choreo-Causation-Id";
     pub const DEPTH: &str = "Choreo-Depth";
 }
@@ -189,9 +190,6 @@ impl Publisher {
 fn event_headers(event: &Event) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(headers::MSG_ID, event.id.as_str());
-    map.insert(headers::TYPE, event.r#type.as_str());
-    map.insert(headers::SOURCE, event.source.as_str());
-    map.insert(headers::CORRELATION_ID, event.correlation_id.as_str());
     if !event.causation_id.is_empty() {
         map.insert(headers::CAUSATION_ID, event.causation_id.as_str());
     }

@@ -1,0 +1,205 @@
+//! `choreo-bench`: runs choreo's paths and raw async-nats side by side on one server, in one
+//! run, alternating rounds, and prints each scenario's medians and their ratio.
+//!
+//! ```text
+//! choreo-bench publish handle --json
+//! ```
+//!
+//! Each scenario prints one line (one JSON object with `--json`): `scenario`, `raw` and `ours`
+//! (medians over the rounds), `unit`, and `ratio` = ours / raw, where higher is better (for
+//! latencies it is raw / ours, so higher stays better).
+
+// Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
+// allocator measured 27% slower on `publish` (see docs/architecture.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod handle;
+mod publish;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use serde::Serialize;
+
+/// Benchmarks choreo against raw async-nats on the same server and settings.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Scenarios to run: publish, handle. All of them when none is named.
+    scenarios: Vec<String>,
+    /// Print one JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Use this server instead of starting a private one (it must have JetStream enabled; the
+    /// benchmark creates and deletes its own streams on it).
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Messages per round.
+    #[arg(long, default_value_t = 50_000)]
+    messages: usize,
+    /// Rounds per side; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Bytes of event payload (the envelope's `data`).
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+}
+
+const SCENARIOS: [&str; 2] = ["publish", "handle"];
+
+/// Settings every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub messages: usize,
+    pub rounds: usize,
+    pub payload: usize,
+}
+
+/// One scenario's result.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub raw: f64,
+    pub ours: f64,
+    pub unit: &'static str,
+    pub ratio: f64,
+    pub messages: usize,
+    pub rounds: usize,
+    pub payload_bytes: usize,
+    pub raw_rounds: Vec<f64>,
+    pub ours_rounds: Vec<f64>,
+}
+
+impl Report {
+    /// A throughput report: ratio = ours / raw.
+    pub fn throughput(
+        scenario: &'static str,
+        settings: &Settings,
+        raw_rounds: Vec<f64>,
+        ours_rounds: Vec<f64>,
+    ) -> Report {
+        let (raw, ours) = (median(&raw_rounds), median(&ours_rounds));
+        Report {
+            scenario,
+            raw,
+            ours,
+            unit: "msgs/s",
+            ratio: if raw > 0.0 { ours / raw } else { 0.0 },
+            messages: settings.messages,
+            rounds: settings.rounds,
+            payload_bytes: settings.payload,
+            raw_rounds,
+            ours_rounds,
+        }
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let unknown: Vec<_> = args
+        .scenarios
+        .iter()
+        .filter(|s| !SCENARIOS.contains(&s.as_str()))
+        .collect();
+    if !unknown.is_empty() || args.rounds == 0 || args.messages == 0 {
+        eprintln!(
+            "choreo-bench: unknown scenario {unknown:?} or zero rounds/messages; scenarios are: {}",
+            SCENARIOS.join(", ")
+        );
+        return ExitCode::from(64);
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("choreo-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // A private server unless one is given, so figures are not disturbed by other traffic.
+    let (_server, url) = match &args.nats_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = choreo_testkit::NatsServer::start()
+                .await
+                .context("starting a private nats-server (or pass --nats-url)")?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let client = choreo_bus::NatsConfig::new(&url)
+        .client_name("choreo-bench")
+        .connect()
+        .await?;
+    let settings = Settings {
+        messages: args.messages,
+        rounds: args.rounds,
+        payload: args.payload,
+    };
+    let scenarios: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    if !args.json {
+        println!(
+            "{:<10} {:>14} {:>14} {:>8}  unit",
+            "scenario", "raw", "ours", "ratio"
+        );
+    }
+    for scenario in scenarios {
+        let report = match scenario {
+            "publish" => publish::run(&client, &settings).await?,
+            "handle" => handle::run(&client, &settings).await?,
+            other => anyhow::bail!("no scenario {other}"),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{:<10} {:>14.0} {:>14.0} {:>8.3}  {}",
+                report.scenario, report.raw, report.ours, report.ratio, report.unit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A fresh events stream with the bus's default settings, for one scenario.
+pub async fn fresh_streams(client: &async_nats::Client) -> anyhow::Result<()> {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let config = choreo_bus::StreamsConfig::default();
+    for name in [
+        config.events_stream().name,
+        config.dead_letter_stream().name,
+    ] {
+        let _ = jetstream.delete_stream(&name).await;
+    }
+    choreo_bus::ensure_streams(&jetstream, &config).await?;
+    Ok(())
+}
+
+/// The correlation ids the scenarios spread their events over.
+pub fn run_ids() -> Vec<String> {
+    (0..256).map(|i| format!("run-{i}")).collect()
+}
+
+/// A JSON payload of about `bytes` bytes.
+pub fn payload(bytes: usize) -> serde_json::Value {
+    serde_json::json!({ "text": "x".repeat(bytes.saturating_sub(12)) })
+}
