@@ -12,6 +12,7 @@
 //! - [`runtime`]: the agent runtime ([`Runtime`]): durable pull consumer → decode → handler →
 //!   publish children → ack, with retries, dead letters and graceful shutdown.
 //! - [`dead_letter`]: what a dead letter holds and why it was written.
+//! - [`serve`]: the whole `main` of an agent binary, configured by environment.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and SIGINT/SIGTERM for binaries.
 //!
 //! Data flows one way: an external system publishes a [`RootEvent`]; the stream stores it; each
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod names;
 pub mod publish;
 pub mod runtime;
+pub mod serve;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
@@ -34,4 +36,5 @@ pub use envelope::{Emit, RootEvent};
 pub use names::{AgentName, EventType, Namespace, ValidationError};
 pub use publish::{PublishError, Published, Publisher};
 pub use runtime::{Agent, Handler, HandlerError, Incoming, Runtime, RuntimeConfig, handler_fn};
+pub use serve::serve;
 pub use streams::{StreamsConfig, ensure_streams};

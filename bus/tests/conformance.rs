@@ -15,7 +15,7 @@ use choreo_bus::{
     Agent, Emit, Event, HandlerError, Incoming, NatsConfig, RuntimeConfig, envelope::TraceParent,
     handler_fn,
 };
-use choreo_testkit::NatsServer;
+use choreo_local_nats::NatsServer;
 use serde_json::json;
 use support::{Bus, event_type, quick_config, wait_until};
 use tokio::sync::{Barrier, Semaphore};

@@ -12,7 +12,7 @@ use choreo_bus::{
     Agent, DeadLetter, Emit, Event, EventType, Handler, NatsConfig, Publisher, RootEvent, Runtime,
     RuntimeConfig, StreamsConfig, ensure_streams, envelope, runtime::Backoff,
 };
-use choreo_testkit::NatsServer;
+use choreo_local_nats::NatsServer;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::oneshot;

@@ -135,7 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (_server, url) = match &args.nats_url {
         Some(url) => (None, url.clone()),
         None => {
-            let server = choreo_testkit::NatsServer::start()
+            let server = choreo_local_nats::NatsServer::start()
                 .await
                 .context("starting a private nats-server (or pass --nats-url)")?;
             let url = server.url();

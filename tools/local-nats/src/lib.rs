@@ -1,20 +1,22 @@
-//! A real `nats-server` with JetStream, for tests and benchmarks.
+//! A real local `nats-server` with JetStream, for tests, benchmarks and `choreo up`.
 //!
-//! Every [`NatsServer`] is its own process on a random loopback port with its own temporary
-//! store directory, killed when dropped. [`NatsServer::kill`] and [`NatsServer::start_again`]
+//! By default every [`NatsServer`] is its own process on a random loopback port with its own
+//! temporary store directory, killed when dropped; [`Options`] choose a fixed port and a folder
+//! that outlives the process (what `choreo up` uses). [`NatsServer::kill`] and [`NatsServer::start_again`]
 //! stop it hard (SIGKILL) and bring it back on the same port and store, for fault tests.
 //!
 //! The binary is found, in order, at `$NATS_SERVER_BIN`, as `nats-server` on `PATH`, or in the
 //! project-local install that `scripts/ensure-nats-server` makes (`.tools/nats/bin`).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), choreo_testkit::TestServerError> {
-//! let server = choreo_testkit::NatsServer::start().await?;
+//! # async fn demo() -> Result<(), choreo_local_nats::TestServerError> {
+//! let server = choreo_local_nats::NatsServer::start().await?;
 //! let client = async_nats::connect(server.url()).await.expect("connects");
 //! # Ok(()) }
 //! ```
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -44,11 +46,24 @@ pub enum TestServerError {
     NotReady { timeout: Duration, log: String },
 }
 
+/// How to start a server; `Default` is a random port and a temporary folder.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The server's folder (store, log, ports file). Kept after the server stops.
+    pub dir: Option<PathBuf>,
+    /// The client port; random when `None`.
+    pub port: Option<u16>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
 /// A running `nats-server -js`, killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
     binary: PathBuf,
-    dir: TempDir,
+    dir: PathBuf,
+    /// Deleted on drop, when the folder is temporary.
+    _temporary: Option<TempDir>,
     port: Option<u16>,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -67,11 +82,31 @@ impl NatsServer {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Self::start_with(Options {
+            args: args.into_iter().map(Into::into).collect(),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Starts a server as `options` say.
+    pub async fn start_with(options: Options) -> Result<Self, TestServerError> {
+        let (dir, temporary) = match options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                (dir, None)
+            }
+            None => {
+                let temporary = tempfile::Builder::new().prefix("choreo-nats-").tempdir()?;
+                (temporary.path().to_path_buf(), Some(temporary))
+            }
+        };
         let mut server = NatsServer {
             binary: find_binary()?,
-            dir: tempfile::Builder::new().prefix("choreo-nats-").tempdir()?,
-            port: None,
-            extra_args: args.into_iter().map(Into::into).collect(),
+            dir,
+            _temporary: temporary,
+            port: options.port,
+            extra_args: options.args,
             child: None,
         };
         server.spawn_and_wait().await?;
@@ -83,9 +118,14 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port.unwrap_or_default())
     }
 
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
     /// The JetStream store directory, kept across [`NatsServer::kill`] and restart.
     pub fn store_dir(&self) -> PathBuf {
-        self.dir.path().join("store")
+        self.dir.join("store")
     }
 
     /// Kills the server with SIGKILL (no clean shutdown) and waits for it to exit.
@@ -112,12 +152,8 @@ impl NatsServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
     fn ports_dir(&self) -> PathBuf {
-        self.dir.path().join("ports")
+        self.dir.join("ports")
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), TestServerError> {
