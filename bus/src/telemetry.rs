@@ -20,6 +20,7 @@ pub fn init() -> Result<(), LogFormatError> {
     let format = std::env::var("CHOREO_LOG_FORMAT").unwrap_or_default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format.as_str() {
         "" | "human" => builder.try_init(),

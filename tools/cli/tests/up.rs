@@ -1,0 +1,58 @@
+//! `choreo up --demo` end to end: the agents run as separate processes against a real
+//! nats-server and the sample run completes. Needs the agents' binaries (`scripts/test` builds
+//! them first).
+
+use std::process::Command;
+
+#[tokio::test]
+async fn up_demo_runs_the_sample_through_both_agent_processes() -> anyhow::Result<()> {
+    let server = choreo_local_nats::NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let output = tokio::task::spawn_blocking({
+        let url = server.url();
+        let dir = dir.path().to_path_buf();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_choreo"))
+                .args(["up", "--demo", "--dir"])
+                .arg(&dir)
+                .env("NATS_URL", url)
+                .output()
+        }
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    let steps: Vec<&str> = ["text.submitted", "text.counted", "report.written"]
+        .into_iter()
+        .filter(|step| stdout.contains(step))
+        .collect();
+    assert_eq!(steps.len(), 3, "missing steps in:\n{stdout}");
+    assert!(stdout.contains("18 words in 3 lines"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_flag_exits_64_and_says_what_is_wrong() {
+    let output = Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args(["up", "--port", "not-a-port"])
+        .output()
+        .expect("choreo runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--port"));
+}
+
+#[test]
+fn an_unreachable_server_is_named_and_exits_69() {
+    let output = Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args(["up", "--demo"])
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("choreo runs");
+    assert_eq!(output.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nats://127.0.0.1:1"));
+}
