@@ -291,25 +291,25 @@ impl TraceParent {
 
     /// A new trace for a root event, derived from its id (unique ids give unique traces).
     pub fn root_for(id: &str) -> Self {
-        let digest = Sha256::digest(id.as_bytes());
-        let mut trace_id = [0u8; 16];
-        trace_id.copy_from_slice(&digest[..16]);
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&digest[16..24]);
-        TraceParent {
-            trace_id,
-            span_id,
-            flags: 1,
-        }
+        Self::sampled_from(&Sha256::digest(id.as_bytes())[..24])
     }
 
     /// A new trace for a root event whose id is a fresh UUIDv7: the id's bytes are the trace
     /// id (its last 8 bytes are random, as W3C asks of a trace id) and those random bytes the
     /// span id. No hashing needed on the publish path.
     pub fn root_from_uuid(id: &Uuid) -> Self {
-        let trace_id = *id.as_bytes();
+        let mut bytes = [0u8; 24];
+        bytes[..16].copy_from_slice(id.as_bytes());
+        bytes[16..].copy_from_slice(&id.as_bytes()[8..]);
+        Self::sampled_from(&bytes)
+    }
+
+    /// A sampled context whose trace id is `bytes[..16]` and span id `bytes[16..24]`.
+    fn sampled_from(bytes: &[u8]) -> Self {
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&bytes[..16]);
         let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&trace_id[8..]);
+        span_id.copy_from_slice(&bytes[16..24]);
         TraceParent {
             trace_id,
             span_id,

@@ -14,13 +14,12 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, pull},
 };
 use choreo_bus::{
-    Agent, Emit, EventType, Handler, HandlerError, Incoming, Publisher, RootEvent, Runtime,
-    RuntimeConfig, envelope::JSON,
+    Agent, Emit, EventType, Handler, HandlerError, Incoming, Publisher, Runtime, RuntimeConfig,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, oneshot};
 
-use crate::publish::pipelined;
+use crate::publish::publish_envelopes;
 use crate::{Report, Settings, fresh_streams, payload, run_ids};
 
 const EVENT_TYPE: &str = "bench.handled";
@@ -50,19 +49,13 @@ async fn preload(jetstream: &jetstream::Context, settings: &Settings) -> anyhow:
     let publisher = Publisher::new(jetstream.clone(), Default::default());
     let event_type = EventType::new(EVENT_TYPE)?;
     let data = bytes::Bytes::from(serde_json::to_vec(&payload(settings.payload))?);
-    let runs = run_ids();
-    pipelined(settings.messages, |i| {
-        let emit = Emit::new(event_type.clone(), JSON, data.clone());
-        let root = RootEvent::new(emit, "bench").with_correlation_id(runs[i % runs.len()].clone());
-        let publisher = &publisher;
-        async move {
-            let pending = publisher.send_event(&root.into_event()?).await?;
-            Ok(async move {
-                pending.confirmed().await?;
-                Ok(())
-            })
-        }
-    })
+    publish_envelopes(
+        &publisher,
+        &event_type,
+        &data,
+        &run_ids(),
+        settings.messages,
+    )
     .await?;
     Ok(())
 }

@@ -49,20 +49,7 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
             .await?,
         );
         ours_rounds.push(
-            pipelined(settings.messages, |i| {
-                let emit = Emit::new(event_type.clone(), JSON, data.clone());
-                let root =
-                    RootEvent::new(emit, "bench").with_correlation_id(runs[i % runs.len()].clone());
-                let publisher = &publisher;
-                async move {
-                    let pending = publisher.send_event(&root.into_event()?).await?;
-                    Ok(async move {
-                        pending.confirmed().await?;
-                        Ok(())
-                    })
-                }
-            })
-            .await?,
+            publish_envelopes(&publisher, &event_type, &data, &runs, settings.messages).await?,
         );
     }
     Ok(Report::throughput(
@@ -71,6 +58,28 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
         raw_rounds,
         ours_rounds,
     ))
+}
+
+/// Publishes `n` envelopes of `event_type` carrying `data`, spread over `runs`; returns msgs/s.
+pub async fn publish_envelopes(
+    publisher: &Publisher,
+    event_type: &EventType,
+    data: &Bytes,
+    runs: &[String],
+    n: usize,
+) -> anyhow::Result<f64> {
+    pipelined(n, |i| {
+        let emit = Emit::new(event_type.clone(), JSON, data.clone());
+        let root = RootEvent::new(emit, "bench").with_correlation_id(runs[i % runs.len()].clone());
+        async move {
+            let pending = publisher.send_event(&root.into_event()?).await?;
+            Ok(async move {
+                pending.confirmed().await?;
+                Ok(())
+            })
+        }
+    })
+    .await
 }
 
 /// Sends `n` messages with up to [`ACK_WINDOW`] acknowledgements outstanding; returns msgs/s.
