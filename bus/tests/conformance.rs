@@ -569,11 +569,13 @@ async fn shutdown_finishes_and_acks_events_in_hand_and_loses_none() -> anyhow::R
         Ok(started.lock().unwrap().len() == IN_HAND)
     })
     .await?;
-    let stopping = tokio::spawn(first.stop());
-    // Let the events in hand finish only once shutdown has begun.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stop signal is sent before the events in hand may finish, so when a worker slot
+    // frees up the runtime already sees shutdown (its select is biased towards it) and hands
+    // the waiting events back instead of starting them.
+    let mut first = first;
+    first.request_stop();
     release.add_permits(EVENTS);
-    stopping.await??;
+    first.stop().await?;
 
     let first_handled = first_handled.lock().unwrap().clone();
     assert_eq!(first_handled.len(), IN_HAND, "events in hand were finished");

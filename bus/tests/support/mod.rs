@@ -171,11 +171,16 @@ pub struct Running {
 }
 
 impl Running {
-    /// Signals shutdown and waits for the runtime to drain and return.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Signals shutdown without waiting.
+    pub fn request_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Signals shutdown and waits for the runtime to drain and return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.request_stop();
         tokio::time::timeout(PATIENCE, &mut self.task)
             .await
             .context("runtime did not stop")???;
