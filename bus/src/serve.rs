@@ -27,14 +27,23 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Runs `agent` with `handler` as configured by the environment, until SIGINT or SIGTERM.
 ///
+/// It takes the declaration as built, so an invalid one exits 64 like any other bad
+/// configuration, without every agent's `main` handling it.
+///
 /// ```no_run
 /// # async fn demo() -> std::process::ExitCode {
 /// let agent = choreo_bus::Agent::builder("echo").subscribes("echo.requested").build();
-/// # let agent = agent.expect("valid");
 /// choreo_bus::serve(agent, choreo_bus::handler_fn(|_event| async { Ok(vec![]) })).await
 /// # }
 /// ```
-pub async fn serve<H: Handler>(agent: Agent, handler: H) -> ExitCode {
+pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H) -> ExitCode {
+    let agent = match agent {
+        Ok(agent) => agent,
+        Err(err) => {
+            eprintln!("invalid agent declaration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(err) = crate::telemetry::init() {
         eprintln!("{}: {err}", agent.name());
         return ExitCode::from(EXIT_CONFIG);

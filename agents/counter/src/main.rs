@@ -8,11 +8,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match choreo_agent_counter::agent() {
-        Ok(agent) => choreo_bus::serve(agent, choreo_agent_counter::Handler).await,
-        Err(err) => {
-            eprintln!("choreo-counter: {err}");
-            ExitCode::from(choreo_bus::serve::EXIT_CONFIG)
-        }
-    }
+    choreo_bus::serve(choreo_agent_counter::agent(), choreo_agent_counter::Handler).await
 }

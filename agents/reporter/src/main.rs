@@ -8,11 +8,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match choreo_agent_reporter::agent() {
-        Ok(agent) => choreo_bus::serve(agent, choreo_agent_reporter::Handler).await,
-        Err(err) => {
-            eprintln!("choreo-reporter: {err}");
-            ExitCode::from(choreo_bus::serve::EXIT_CONFIG)
-        }
-    }
+    choreo_bus::serve(
+        choreo_agent_reporter::agent(),
+        choreo_agent_reporter::Handler,
+    )
+    .await
 }
