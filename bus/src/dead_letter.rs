@@ -21,6 +21,12 @@ pub enum DeadLetterReason {
     HandlerRejected,
     /// The bytes are not a usable `choreo.v1.Event`.
     DecodeFailed,
+    /// Publishing the children would have passed the depth limit.
+    DepthExceeded,
+    /// The run has used its event or token budget.
+    BudgetExhausted,
+    /// The agent kept handling the same event type along one causation chain.
+    CycleDetected,
 }
 
 impl DeadLetterReason {
@@ -29,7 +35,25 @@ impl DeadLetterReason {
             DeadLetterReason::HandlerFailed => "handler_failed",
             DeadLetterReason::HandlerRejected => "handler_rejected",
             DeadLetterReason::DecodeFailed => "decode_failed",
+            DeadLetterReason::DepthExceeded => "depth_exceeded",
+            DeadLetterReason::BudgetExhausted => "budget_exhausted",
+            DeadLetterReason::CycleDetected => "cycle_detected",
         }
+    }
+
+    /// Every reason, for parsing and listing.
+    pub const ALL: [DeadLetterReason; 6] = [
+        DeadLetterReason::HandlerFailed,
+        DeadLetterReason::HandlerRejected,
+        DeadLetterReason::DecodeFailed,
+        DeadLetterReason::DepthExceeded,
+        DeadLetterReason::BudgetExhausted,
+        DeadLetterReason::CycleDetected,
+    ];
+
+    /// The reason stored as `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
     }
 }
 

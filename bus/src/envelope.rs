@@ -28,6 +28,8 @@ pub struct Emit {
     pub content_type: String,
     pub data: Bytes,
     pub attributes: BTreeMap<String, String>,
+    /// LLM tokens spent producing this event; charged to the run's token budget.
+    pub tokens_used: u64,
 }
 
 impl Emit {
@@ -38,6 +40,7 @@ impl Emit {
             content_type: content_type.into(),
             data,
             attributes: BTreeMap::new(),
+            tokens_used: 0,
         }
     }
 
@@ -61,6 +64,12 @@ impl Emit {
     /// Adds an extension attribute.
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Reports the LLM tokens spent producing this event, so the run's token budget counts them.
+    pub fn tokens_used(mut self, tokens: u64) -> Self {
+        self.tokens_used = tokens;
         self
     }
 }
@@ -155,6 +164,8 @@ impl RootEvent {
             data: self.emit.data,
             attributes: self.emit.attributes,
             traceparent,
+            tokens_used: self.emit.tokens_used,
+            chain_visits: BTreeMap::new(),
         })
     }
 }
@@ -233,7 +244,33 @@ pub fn stamp_child(parent: &Event, agent: &AgentName, index: usize, emit: Emit) 
         data: emit.data,
         attributes: emit.attributes,
         traceparent,
+        tokens_used: emit.tokens_used,
+        chain_visits: chain_visits_after(parent, agent),
     }
+}
+
+/// The key of one (agent, event type) pair in [`Event::chain_visits`].
+pub fn chain_visit_key(agent: &AgentName, event_type: &str) -> String {
+    format!("{agent}/{event_type}")
+}
+
+/// How many times `agent` has already handled events of `event.type` along `event`'s causation
+/// chain (not counting `event` itself).
+pub fn prior_visits(event: &Event, agent: &AgentName) -> u32 {
+    event
+        .chain_visits
+        .get(&chain_visit_key(agent, &event.r#type))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A child's chain visits: its parent's, plus `agent` having handled the parent.
+fn chain_visits_after(parent: &Event, agent: &AgentName) -> BTreeMap<String, u32> {
+    let mut visits = parent.chain_visits.clone();
+    *visits
+        .entry(chain_visit_key(agent, &parent.r#type))
+        .or_insert(0) += 1;
+    visits
 }
 
 /// Why bytes from the stream are not a usable event.
@@ -432,6 +469,35 @@ mod tests {
         );
         assert_eq!(p.trace_id, c.trace_id);
         assert_ne!(p.span_id, c.span_id);
+    }
+
+    #[test]
+    fn children_count_visits_along_their_chain_and_carry_tokens() {
+        let ping = AgentName::new("ping").expect("valid");
+        let pong = AgentName::new("pong").expect("valid");
+        let root = root();
+        assert_eq!(prior_visits(&root, &ping), 0);
+        let answer = |parent: &Event, agent: &AgentName, to: &str| {
+            stamp_child(parent, agent, 0, Emit::json(ty(to), &()).expect("json"))
+        };
+        // ping handles a.happened (the root's type) twice along one chain.
+        let first = answer(&root, &ping, "x.y");
+        let back = answer(&first, &pong, "a.happened");
+        assert_eq!(prior_visits(&back, &ping), 1);
+        assert_eq!(prior_visits(&back, &pong), 0, "pong never handled a.happened");
+        let again = answer(&back, &ping, "x.y");
+        let back_again = answer(&again, &pong, "a.happened");
+        assert_eq!(prior_visits(&back_again, &ping), 2);
+        assert_eq!(prior_visits(&back_again, &pong), 0);
+        assert_eq!(prior_visits(&again, &pong), 1);
+
+        let costly = stamp_child(
+            &root,
+            &ping,
+            0,
+            Emit::json(ty("x.y"), &()).expect("json").tokens_used(42),
+        );
+        assert_eq!(costly.tokens_used, 42);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`publish`]: publishing envelopes with deduplication ([`Publisher`]).
 //! - [`runtime`]: the agent runtime ([`Runtime`]): durable pull consumer → decode → handler →
 //!   publish children → ack, with retries, dead letters and graceful shutdown.
+//! - [`guard`]: storm control: depth and cycle limits, shared run budgets, rate limiters and
+//!   circuit breakers.
 //! - [`dead_letter`]: what a dead letter holds and why it was written.
 //! - [`serve`]: the whole `main` of an agent binary, configured by environment.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and SIGINT/SIGTERM for binaries.
@@ -22,6 +24,7 @@
 pub mod connect;
 pub mod dead_letter;
 pub mod envelope;
+pub mod guard;
 pub mod names;
 pub mod publish;
 pub mod runtime;
@@ -35,6 +38,8 @@ pub use connect::{InitialConnect, NatsConfig};
 pub use envelope::{Emit, RootEvent};
 pub use names::{AgentName, EventType, Namespace, ValidationError};
 pub use publish::{PublishError, Published, Publisher};
-pub use runtime::{Agent, Handler, HandlerError, Incoming, Runtime, RuntimeConfig, handler_fn};
+pub use runtime::{
+    Agent, Handler, HandlerError, HandlerErrorKind, Incoming, Runtime, RuntimeConfig, handler_fn,
+};
 pub use serve::serve;
 pub use streams::{StreamsConfig, ensure_streams};

@@ -1,4 +1,4 @@
-//! Setting up the `EVENTS` and `DEADLETTERS` streams, idempotently.
+//! Setting up the `EVENTS`, `DEADLETTERS` and `BUDGETS` streams, idempotently.
 //!
 //! [`ensure_streams`] creates what is missing and leaves what matches alone, so every agent,
 //! tool and deployment step can call it. A stream that exists with different settings is
@@ -7,14 +7,19 @@
 //!
 //! # Defaults
 //!
-//! | setting | events | dead letters |
-//! |---|---|---|
-//! | storage | file | file |
-//! | subjects | `<ns>.>` | `dlq.>` |
-//! | duplicate window | 2 minutes | 2 minutes |
-//! | max age, bytes, messages | unlimited | unlimited |
-//! | when full | refuse new events (`discard: new`), so a full log is an error, never lost history | same |
-//! | replicas | 1 | 1 |
+//! | setting | events | dead letters | budgets |
+//! |---|---|---|---|
+//! | storage | file | file | file |
+//! | subjects | `<ns>.>` | `dlq.>` | `budget.>` |
+//! | duplicate window | 2 minutes | 2 minutes | 2 minutes |
+//! | max age | unlimited | unlimited | 7 days (a run's counters reset after a week idle) |
+//! | max bytes, messages | unlimited | unlimited | unlimited; one message kept per counter |
+//! | when full | refuse new events (`discard: new`), so a full log is an error, never lost history | same | drop the oldest counters (counters cannot refuse) |
+//! | replicas | 1 | 1 | 1 |
+//!
+//! `BUDGETS` is a counter stream (`allow_msg_counter`, nats-server 2.12 and later): each
+//! subject is one number the server adds to atomically, which is how the per-correlation
+//! budgets are shared by every agent process (see [`crate::guard::budget`]).
 
 use std::time::Duration;
 
@@ -29,6 +34,11 @@ use crate::names::Namespace;
 pub const DEAD_LETTER_STREAM: &str = "DEADLETTERS";
 /// The subject prefix of dead letters: `dlq.<ns>.<agent>.<correlation>`.
 pub const DEAD_LETTER_PREFIX: &str = "dlq";
+
+/// The counter stream behind the per-correlation budgets.
+pub const BUDGET_STREAM: &str = "BUDGETS";
+/// The subject prefix of budget counters: `budget.<ns>.<correlation>.<events|tokens>`.
+pub const BUDGET_PREFIX: &str = "budget";
 
 /// Limits of one stream. Zero or negative means unlimited, as in JetStream.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +67,8 @@ pub struct StreamsConfig {
     pub duplicate_window: Duration,
     pub events: StreamLimits,
     pub dead_letters: StreamLimits,
+    /// The budget counters; `max_age` is how long an idle run's counters are kept.
+    pub budgets: StreamLimits,
     pub replicas: usize,
 }
 
@@ -67,6 +79,10 @@ impl Default for StreamsConfig {
             duplicate_window: Duration::from_secs(120),
             events: StreamLimits::default(),
             dead_letters: StreamLimits::default(),
+            budgets: StreamLimits {
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..StreamLimits::default()
+            },
             replicas: 1,
         }
     }
@@ -89,6 +105,21 @@ impl StreamsConfig {
             format!("{DEAD_LETTER_PREFIX}.>"),
             &self.dead_letters,
         )
+    }
+
+    /// The budget counter stream's JetStream configuration.
+    pub fn budget_stream(&self) -> stream::Config {
+        stream::Config {
+            allow_message_counter: true,
+            // Counters cannot refuse an increment; the newest total per counter is all we need.
+            discard: DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            ..self.stream(
+                BUDGET_STREAM.to_string(),
+                format!("{BUDGET_PREFIX}.>"),
+                &self.budgets,
+            )
+        }
     }
 
     fn stream(&self, name: String, subject: String, limits: &StreamLimits) -> stream::Config {
@@ -121,6 +152,7 @@ pub enum StreamOutcome {
 pub struct StreamsReport {
     pub events: StreamOutcome,
     pub dead_letters: StreamOutcome,
+    pub budgets: StreamOutcome,
 }
 
 /// Why the streams are not ready.
@@ -151,7 +183,7 @@ impl SetupError {
     }
 }
 
-/// Creates the events and dead-letter streams if they are missing; checks them if not.
+/// Creates the events, dead-letter and budget streams if they are missing; checks them if not.
 ///
 /// ```no_run
 /// # async fn demo(client: async_nats::Client) -> Result<(), choreo_bus::streams::SetupError> {
@@ -166,6 +198,7 @@ pub async fn ensure_streams(
     Ok(StreamsReport {
         events: ensure_stream(jetstream, config.events_stream()).await?,
         dead_letters: ensure_stream(jetstream, config.dead_letter_stream()).await?,
+        budgets: ensure_stream(jetstream, config.budget_stream()).await?,
     })
 }
 
@@ -232,6 +265,8 @@ fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), Set
             ("max_bytes", c.max_bytes.to_string()),
             ("max_messages", c.max_messages.to_string()),
             ("discard", format!("{:?}", c.discard)),
+            ("max_messages_per_subject", c.max_messages_per_subject.to_string()),
+            ("allow_msg_counter", c.allow_message_counter.to_string()),
             ("replicas", c.num_replicas.to_string()),
         ]
     };

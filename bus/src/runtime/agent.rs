@@ -133,13 +133,65 @@ impl Deref for Incoming {
 /// Why a handler did not complete, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// Might work next time (a timeout, a dependency down): the event is redelivered with
+    /// Might work next time (a timeout, a flaky dependency): the event is redelivered with
     /// backoff until the agent's max deliveries, then dead-lettered.
     #[error("{0}")]
     Retryable(String),
     /// Will fail the same way again (bad input): dead-lettered at once.
     #[error("{0}")]
     Permanent(String),
+    /// A dependency is known to be down (its circuit breaker is open): the event waits in the
+    /// stream for `retry_after` and is never dead-lettered for this.
+    #[error("{error}")]
+    Unavailable {
+        error: String,
+        retry_after: std::time::Duration,
+    },
+}
+
+/// The kinds of [`HandlerError`], e.g. for the errors a breaker does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HandlerErrorKind {
+    Retryable,
+    Permanent,
+    Unavailable,
+}
+
+impl HandlerErrorKind {
+    pub const ALL: [HandlerErrorKind; 3] = [
+        HandlerErrorKind::Retryable,
+        HandlerErrorKind::Permanent,
+        HandlerErrorKind::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandlerErrorKind::Retryable => "retryable",
+            HandlerErrorKind::Permanent => "permanent",
+            HandlerErrorKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HandlerErrorKind {
+    type Err = ValidationError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text.trim())
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "error kind",
+                    format!("{text:?} is not one of retryable, permanent, unavailable"),
+                )
+            })
+    }
 }
 
 impl HandlerError {
@@ -151,8 +203,31 @@ impl HandlerError {
         HandlerError::Permanent(error.to_string())
     }
 
+    pub fn unavailable(error: impl std::fmt::Display, retry_after: std::time::Duration) -> Self {
+        HandlerError::Unavailable {
+            error: error.to_string(),
+            retry_after,
+        }
+    }
+
+    pub fn kind(&self) -> HandlerErrorKind {
+        match self {
+            HandlerError::Retryable(_) => HandlerErrorKind::Retryable,
+            HandlerError::Permanent(_) => HandlerErrorKind::Permanent,
+            HandlerError::Unavailable { .. } => HandlerErrorKind::Unavailable,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
-        matches!(self, HandlerError::Retryable(_))
+        !matches!(self, HandlerError::Permanent(_))
+    }
+}
+
+/// An open breaker on an outbound call: the event waits until the breaker may let it through.
+impl From<crate::guard::BreakerOpen> for HandlerError {
+    fn from(open: crate::guard::BreakerOpen) -> Self {
+        let retry_after = open.retry_in;
+        HandlerError::unavailable(open, retry_after)
     }
 }
 
@@ -164,6 +239,12 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         event: &Incoming,
     ) -> impl Future<Output = Result<Vec<Emit>, HandlerError>> + Send;
+
+    /// The breakers around this handler's outbound calls (an LLM endpoint, a webhook), so the
+    /// runtime logs and publishes their transitions. None by default.
+    fn breakers(&self) -> Vec<crate::guard::CircuitBreaker> {
+        Vec::new()
+    }
 }
 
 /// A [`Handler`] made from an async closure that takes the event by value.

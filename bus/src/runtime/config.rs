@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::guard::GuardsConfig;
 use crate::names::{Namespace, ValidationError};
 
 /// How an agent's runtime behaves. `Default` gives the documented defaults.
@@ -26,6 +27,8 @@ pub struct RuntimeConfig {
     /// On shutdown, how long events in hand get to finish before the process exits anyway
     /// (what is unfinished is redelivered after `ack_wait`). Default 30 s.
     pub shutdown_grace: Duration,
+    /// Storm control: depth, cycle and budget limits, rate limits and the handler's breaker.
+    pub guards: GuardsConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +42,7 @@ impl Default for RuntimeConfig {
             batch: 256,
             max_ack_pending: 1024,
             shutdown_grace: Duration::from_secs(30),
+            guards: GuardsConfig::default(),
         }
     }
 }
@@ -73,7 +77,7 @@ impl RuntimeConfig {
                 "initial must be above zero and max at least initial",
             ));
         }
-        Ok(())
+        self.guards.validate()
     }
 }
 

@@ -9,6 +9,10 @@ use crate::envelope::Emit;
 use super::agent::{Agent, HandlerError};
 use super::config::RuntimeConfig;
 
+/// The shortest wait before an event refused by an open breaker comes back, so a breaker about
+/// to half-open does not turn into a tight redelivery loop.
+const MIN_UNAVAILABLE_DELAY: Duration = Duration::from_millis(100);
+
 /// The runtime's decision for one delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
@@ -48,6 +52,10 @@ pub fn decide(
             error,
         },
         Err(HandlerError::Retryable(error)) => retry_or_give_up(config, delivered, error),
+        // A known outage is waited out, however long, rather than spending deliveries on it.
+        Err(HandlerError::Unavailable { retry_after, .. }) => {
+            Disposition::Retry(retry_after.max(MIN_UNAVAILABLE_DELAY))
+        }
     }
 }
 
@@ -123,6 +131,27 @@ mod tests {
         };
         assert_eq!(reason, DeadLetterReason::HandlerFailed);
         assert!(error.contains("down"));
+    }
+
+    #[test]
+    fn an_unavailable_dependency_is_waited_out_past_max_deliveries() {
+        let config = RuntimeConfig {
+            max_deliveries: 2,
+            ..RuntimeConfig::default()
+        };
+        let down = || {
+            Err(HandlerError::unavailable(
+                "llm breaker open",
+                Duration::from_secs(7),
+            ))
+        };
+        for delivered in [1, 2, 50] {
+            assert_eq!(
+                decide(&agent(), &config, delivered, down()),
+                Disposition::Retry(Duration::from_secs(7)),
+                "delivery {delivered}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The agent runtime: durable pull consumer → decode → handler → publish children → ack.
+//! The agent runtime: durable pull consumer → decode → guards → handler → guards → publish
+//! children → ack.
 //!
 //! # What it promises
 //!
@@ -22,6 +23,13 @@
 //!   (NAKs) what it fetched but had not started, lets events in hand finish, publish and ack
 //!   (for up to [`RuntimeConfig::shutdown_grace`]), flushes, and returns.
 //! - **Reconnects.** A lost connection is waited out; the consumer is rebound if it vanished.
+//! - **Storm control.** The guards of [`crate::guard`] run around every event: the cycle limit
+//!   and the handling rate before the handler, the handler's circuit breaker around it, the
+//!   depth limit, the run's budget and the publishing rates before its children are published.
+//!   While the handler's breaker is open the runtime stops pulling and hands what it holds back
+//!   with a delay; half-open, it pulls only as many events as the breaker has probes. Breaker
+//!   transitions (the handler's and those of [`Handler::breakers`]) are logged and published as
+//!   `choreo.breaker.*` events in the correlation `breaker-<agent>-<breaker>`.
 
 mod agent;
 mod config;
@@ -41,14 +49,19 @@ use async_nats::jetstream::{
 use futures::{FutureExt, StreamExt, future::join_all};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-pub use agent::{Agent, AgentBuilder, FnHandler, Handler, HandlerError, Incoming, handler_fn};
+pub use agent::{
+    Agent, AgentBuilder, FnHandler, Handler, HandlerError, HandlerErrorKind, Incoming, handler_fn,
+};
 pub use config::{Backoff, RuntimeConfig};
 pub use disposition::{Disposition, decide};
 
 use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original};
-use crate::envelope::{self, stamp_child};
-use crate::names::ValidationError;
-use crate::publish::Publisher;
+use crate::envelope::{self, Emit, RootEvent, stamp_child};
+use crate::guard::{
+    BreakerState, BudgetError, CircuitBreaker, CorrelationBudget, Guards, Stop, Transition,
+};
+use crate::names::{AgentName, ValidationError};
+use crate::publish::{PublishError, Publisher};
 
 use dispatch::SerialByKey;
 
@@ -67,6 +80,11 @@ pub enum RuntimeError {
          (`choreo streams ensure`, or choreo_bus::streams::ensure_streams)"
     )]
     NoStream { stream: String },
+    #[error(
+        "stream {stream} (for the run budgets) not found: create the streams first \
+         (`choreo streams ensure`, or choreo_bus::streams::ensure_streams)"
+    )]
+    NoBudgetStream { stream: String },
     #[error("could not bind consumer {agent} on stream {stream}: {detail}")]
     Consumer {
         agent: String,
@@ -126,8 +144,25 @@ impl<H: Handler> Runtime<H> {
     /// connections and failing handlers are dealt with, not returned.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
         self.config.validate()?;
+        if let Some(undeclared) = self
+            .config
+            .guards
+            .publish_rates
+            .keys()
+            .find(|t| !self.agent.may_emit(t))
+        {
+            return Err(RuntimeError::Config(ValidationError::new(
+                "publish-rate",
+                format!(
+                    "agent {} has a publish rate for {undeclared}, which it does not emit",
+                    self.agent.name()
+                ),
+            )));
+        }
         let jetstream = jetstream::new(self.client.clone());
         let mut consumer = bind_consumer(&jetstream, &self.agent, &self.config).await?;
+        let budget = self.budget(&jetstream).await?;
+        let guards = Guards::new(&self.config.guards, budget, self.agent.name().as_str())?;
         info!(
             agent = %self.agent.name(),
             subscribes = ?self.agent.subscribes().iter().map(|t| t.as_str()).collect::<Vec<_>>(),
@@ -135,9 +170,18 @@ impl<H: Handler> Runtime<H> {
             "agent started"
         );
 
+        let publisher = Publisher::new(jetstream.clone(), self.config.namespace.clone());
+        let mut announcers = tokio::task::JoinSet::new();
+        for breaker in guards.breaker.iter().cloned().chain(self.handler.breakers()) {
+            announcers.spawn(announce_transitions(
+                breaker,
+                publisher.clone(),
+                self.agent.name().clone(),
+            ));
+        }
         let stopping = Arc::new(AtomicBool::new(false));
         let worker = Arc::new(Worker {
-            publisher: Publisher::new(jetstream.clone(), self.config.namespace.clone()),
+            publisher,
             dead_letters: DeadLetterWriter::new(
                 jetstream.clone(),
                 self.config.namespace.clone(),
@@ -146,6 +190,7 @@ impl<H: Handler> Runtime<H> {
             agent: self.agent,
             handler: self.handler,
             config: self.config,
+            guards,
             stopping: Arc::clone(&stopping),
         });
         let dispatcher = {
@@ -158,13 +203,31 @@ impl<H: Handler> Runtime<H> {
                 },
             )
         };
+        let breaker = worker.guards.breaker.clone();
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut pending_stream: Option<pull::Stream> = None;
         'pulling: loop {
+            // An open breaker: pull nothing until it lets probes through.
+            if let Some(breaker) = &breaker
+                && breaker.state() == BreakerState::Open
+            {
+                if wait_or_shutdown(&mut shutdown, breaker.open_remaining()).await {
+                    break 'pulling;
+                }
+                continue 'pulling;
+            }
+            // Probing a half-open breaker: fetch no more than it will let through, so a failing
+            // probe leaves little in hand to give back.
+            let pace = match &breaker {
+                Some(breaker) if breaker.state() != BreakerState::Closed => Pace::Probing(
+                    usize::try_from(breaker.config().half_open_probes).unwrap_or(1),
+                ),
+                _ => Pace::Normal(worker.pull_batch()),
+            };
             let mut messages = match consumer
                 .stream()
-                .max_messages_per_batch(worker.config.batch)
+                .max_messages_per_batch(pace.batch())
                 .heartbeat(PULL_HEARTBEAT)
                 .messages()
                 .await
@@ -189,6 +252,25 @@ impl<H: Handler> Runtime<H> {
                 };
                 match next {
                     Some(Ok(message)) => {
+                        if let Some(breaker) = &breaker {
+                            match gate(breaker, pace, &mut shutdown).await {
+                                Gate::Pass => {}
+                                Gate::HandBack(delay) => {
+                                    // Opened, or closed while probing: give back what is held
+                                    // and pull again at the new pace.
+                                    hand_back_after(&message, delay).await;
+                                    while let Some(Some(Ok(held))) = messages.next().now_or_never() {
+                                        hand_back_after(&held, delay).await;
+                                    }
+                                    continue 'pulling;
+                                }
+                                Gate::Shutdown => {
+                                    hand_back(&message).await;
+                                    pending_stream = Some(messages);
+                                    break 'pulling;
+                                }
+                            }
+                        }
                         let key = worker
                             .config
                             .namespace
@@ -272,12 +354,143 @@ impl<H: Handler> Runtime<H> {
                 "events still in hand after the shutdown grace; they will be redelivered"
             );
         }
+        announcers.abort_all();
         if let Err(err) = self.client.flush().await {
             warn!(error = %err, "could not flush acks on shutdown; unacked events will be redelivered");
         }
         info!(agent = %worker.agent.name(), "stopped");
         Ok(())
     }
+
+    /// The run budget, if one is configured; its counter stream must exist.
+    async fn budget(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<Option<CorrelationBudget>, RuntimeError> {
+        let limits = self.config.guards.budget;
+        if limits.max_events.is_none() && limits.max_tokens.is_none() {
+            return Ok(None);
+        }
+        match jetstream.get_stream_no_info(crate::streams::BUDGET_STREAM).await {
+            Ok(_) => {}
+            Err(err) if crate::streams::is_stream_not_found(&err) => {
+                return Err(RuntimeError::NoBudgetStream {
+                    stream: crate::streams::BUDGET_STREAM.to_string(),
+                });
+            }
+            Err(err) => {
+                return Err(RuntimeError::Consumer {
+                    agent: self.agent.name().to_string(),
+                    stream: crate::streams::BUDGET_STREAM.to_string(),
+                    detail: err.to_string(),
+                });
+            }
+        }
+        Ok(Some(CorrelationBudget::new(
+            self.client.clone(),
+            self.config.namespace.clone(),
+            limits,
+        )))
+    }
+}
+
+/// How many events a pull may fetch: the full batch, or a half-open breaker's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Normal(usize),
+    Probing(usize),
+}
+
+impl Pace {
+    fn batch(self) -> usize {
+        match self {
+            Pace::Normal(batch) | Pace::Probing(batch) => batch.max(1),
+        }
+    }
+}
+
+/// What the handler's breaker says about dispatching the next event.
+enum Gate {
+    Pass,
+    /// Give back what the pull holds, after this delay, and pull again at the breaker's pace.
+    HandBack(Duration),
+    Shutdown,
+}
+
+/// Waits until the breaker admits a call, or says why the pull must be rebuilt.
+async fn gate(
+    breaker: &CircuitBreaker,
+    pace: Pace,
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Gate {
+    loop {
+        let changed = breaker.changed();
+        let mut changed = std::pin::pin!(changed);
+        changed.as_mut().enable();
+        match (breaker.state(), pace) {
+            (BreakerState::Open, _) => return Gate::HandBack(breaker.open_remaining()),
+            (BreakerState::Closed, Pace::Normal(_)) => return Gate::Pass,
+            (BreakerState::Closed, Pace::Probing(_)) => return Gate::HandBack(Duration::ZERO),
+            (BreakerState::HalfOpen, _) if breaker.would_admit() => return Gate::Pass,
+            (BreakerState::HalfOpen, _) => {}
+        }
+        // Half-open with every probe out: hold the event until a probe settles.
+        tokio::select! {
+            () = shutdown.as_mut() => return Gate::Shutdown,
+            () = changed => {}
+        }
+    }
+}
+
+/// Logs a breaker's transitions and publishes each as a `choreo.breaker.*` event.
+async fn announce_transitions(breaker: CircuitBreaker, publisher: Publisher, agent: AgentName) {
+    let mut transitions = breaker.transitions();
+    loop {
+        let transition = match transitions.recv().await {
+            Ok(transition) => transition,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(%agent, breaker = breaker.name(), missed, "breaker transitions missed");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if transition.to == BreakerState::Open {
+            warn!(%agent, breaker = %transition.breaker, from = %transition.from, reason = %transition.reason, "circuit breaker opened");
+        } else {
+            info!(%agent, breaker = %transition.breaker, from = %transition.from, to = %transition.to, reason = %transition.reason, "circuit breaker changed");
+        }
+        if let Err(err) = publish_transition(&publisher, &agent, &breaker, &transition).await {
+            warn!(%agent, breaker = breaker.name(), error = %err, "could not publish a breaker transition");
+        }
+    }
+}
+
+async fn publish_transition(
+    publisher: &Publisher,
+    agent: &AgentName,
+    breaker: &CircuitBreaker,
+    transition: &Transition,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    #[derive(serde::Serialize)]
+    struct Announcement<'a> {
+        agent: &'a str,
+        #[serde(flatten)]
+        transition: &'a Transition,
+        open_for_ms: u128,
+    }
+    let event_type = crate::names::EventType::new(transition.to.event_type())?;
+    let emit = Emit::json(
+        event_type,
+        &Announcement {
+            agent: agent.as_str(),
+            transition,
+            open_for_ms: breaker.config().open_for.as_millis(),
+        },
+    )?;
+    let root = RootEvent::new(emit, agent.as_str())
+        .with_correlation_id(format!("breaker-{agent}-{}", breaker.name()));
+    publisher.publish_root(root).await?;
+    Ok(())
 }
 
 /// Creates or updates the agent's durable consumer.
@@ -340,7 +553,17 @@ async fn wait_or_shutdown(
 
 /// Gives an unstarted event back to the server for immediate redelivery (to another copy).
 async fn hand_back(message: &jetstream::Message) {
-    if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+    hand_back_after(message, Duration::ZERO).await;
+}
+
+/// Gives an unstarted event back to the server, to be redelivered after `delay`.
+async fn hand_back_after(message: &jetstream::Message, delay: Duration) {
+    let kind = if delay.is_zero() {
+        AckKind::Nak(None)
+    } else {
+        AckKind::Nak(Some(delay))
+    };
+    if let Err(err) = message.ack_with(kind).await {
         debug!(error = %err, "could not hand back an event; it is redelivered after ack_wait");
     }
 }
@@ -352,6 +575,7 @@ struct Worker<H> {
     config: RuntimeConfig,
     publisher: Publisher,
     dead_letters: DeadLetterWriter,
+    guards: Guards,
     stopping: Arc<AtomicBool>,
 }
 
@@ -420,6 +644,29 @@ impl<H: Handler> Worker<H> {
                 self.settle(&message, decoded, disposition).await;
                 return;
             }
+            if let Some(cycle) = &self.guards.cycle
+                && let Err(stop) = cycle.check(self.agent.name(), &event)
+            {
+                let decoded = Original {
+                    event: Some(&event),
+                    ..undecoded
+                };
+                self.settle(&message, decoded, stop.into()).await;
+                return;
+            }
+            if let Some(limiter) = &self.guards.handle_rate {
+                limiter.acquire().await;
+            }
+            let permit = match self.guards.breaker.as_ref().map(CircuitBreaker::try_acquire) {
+                Some(Err(open)) => {
+                    // Refused without calling: not a failure, so it costs no retry.
+                    debug!(retry_in = ?open.retry_in, "handler breaker open; handing the event back");
+                    hand_back_after(&message, open.retry_in).await;
+                    return;
+                }
+                Some(Ok(permit)) => Some(permit),
+                None => None,
+            };
             let incoming = Incoming {
                 event,
                 delivery: delivered,
@@ -429,8 +676,15 @@ impl<H: Handler> Worker<H> {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| Err(HandlerError::Retryable(panic_message(&panic))));
+            if let Some(permit) = permit {
+                match &outcome {
+                    Ok(_) => permit.success(),
+                    Err(err) if self.guards.breaker_ignores.contains(&err.kind()) => permit.ignore(),
+                    Err(_) => permit.failure(),
+                }
+            }
             if let Err(err) = &outcome {
-                warn!(error = %err, retryable = err.is_retryable(), "handler failed");
+                warn!(error = %err, kind = %err.kind(), "handler failed");
             }
             let disposition = decide(&self.agent, &self.config, delivered, outcome);
             let decoded = Original {
@@ -460,13 +714,10 @@ impl<H: Handler> Worker<H> {
                         ack(message, AckKind::Ack).await;
                         return;
                     }
-                    Err(err) => {
+                    Err(ChildrenError::Stopped(stop)) => stop.into(),
+                    Err(err @ ChildrenError::Failed(_)) => {
                         warn!(error = %err, "could not publish children; will retry");
-                        disposition::retry_or_give_up(
-                            &self.config,
-                            delivered,
-                            format!("publishing children failed: {err}"),
-                        )
+                        disposition::retry_or_give_up(&self.config, delivered, err.to_string())
                     }
                 }
             }
@@ -495,12 +746,38 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Stamps and publishes children, waiting until the stream has stored every one.
+    /// Runs the publishing guards, then stamps and publishes children, waiting until the
+    /// stream has stored every one.
     async fn publish_children(
         &self,
         parent: &choreo_proto::v1::Event,
-        emits: Vec<envelope::Emit>,
-    ) -> Result<usize, crate::publish::PublishError> {
+        emits: Vec<Emit>,
+    ) -> Result<usize, ChildrenError> {
+        if emits.is_empty() {
+            return Ok(0);
+        }
+        if let Some(depth) = &self.guards.depth {
+            depth.check_children(parent)?;
+        }
+        if let Some(budget) = &self.guards.budget {
+            let events = u64::try_from(emits.len()).unwrap_or(u64::MAX);
+            let tokens = emits.iter().map(|e| e.tokens_used).sum();
+            budget
+                .charge(&parent.correlation_id, events, tokens)
+                .await
+                .map_err(|err| match err {
+                    BudgetError::Exhausted { .. } => ChildrenError::Stopped(Stop {
+                        reason: DeadLetterReason::BudgetExhausted,
+                        detail: err.to_string(),
+                    }),
+                    BudgetError::Unavailable { .. } => ChildrenError::Failed(err.to_string()),
+                })?;
+        }
+        for emit in &emits {
+            if let Some(limiter) = self.guards.publish_rates.get(&emit.event_type) {
+                limiter.acquire().await;
+            }
+        }
         let children: Vec<_> = emits
             .into_iter()
             .enumerate()
@@ -514,6 +791,49 @@ impl<H: Handler> Worker<H> {
             confirmed?;
         }
         Ok(children.len())
+    }
+
+    /// How many events one pull fetches: the configured batch, or about a second of work when
+    /// handling is rate-limited, so events wait in the stream rather than in hand.
+    fn pull_batch(&self) -> usize {
+        match &self.guards.handle_rate {
+            Some(limiter) => {
+                let limit = limiter.limit();
+                let per_second = limit.rate.per_second_f64().ceil();
+                // Float to integer: saturating, and the rate is positive.
+                let per_second = if per_second >= 1.0 { per_second as usize } else { 1 };
+                per_second
+                    .max(usize::try_from(limit.burst).unwrap_or(usize::MAX))
+                    .clamp(1, self.config.batch)
+            }
+            None => self.config.batch,
+        }
+    }
+}
+
+/// Why children were not published.
+#[derive(Debug, thiserror::Error)]
+enum ChildrenError {
+    /// A guard stopped the run.
+    #[error(transparent)]
+    Stopped(#[from] Stop),
+    /// Publishing failed in a way that may pass.
+    #[error("publishing children failed: {0}")]
+    Failed(String),
+}
+
+impl From<PublishError> for ChildrenError {
+    fn from(err: PublishError) -> Self {
+        ChildrenError::Failed(err.to_string())
+    }
+}
+
+impl From<Stop> for Disposition {
+    fn from(stop: Stop) -> Self {
+        Disposition::DeadLetter {
+            reason: stop.reason,
+            error: stop.detail,
+        }
     }
 }
 
