@@ -484,7 +484,11 @@ mod tests {
         let first = answer(&root, &ping, "x.y");
         let back = answer(&first, &pong, "a.happened");
         assert_eq!(prior_visits(&back, &ping), 1);
-        assert_eq!(prior_visits(&back, &pong), 0, "pong never handled a.happened");
+        assert_eq!(
+            prior_visits(&back, &pong),
+            0,
+            "pong never handled a.happened"
+        );
         let again = answer(&back, &ping, "x.y");
         let back_again = answer(&again, &pong, "a.happened");
         assert_eq!(prior_visits(&back_again, &ping), 2);

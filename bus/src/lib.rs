@@ -14,7 +14,8 @@
 //! - [`guard`]: storm control: depth and cycle limits, shared run budgets, rate limiters and
 //!   circuit breakers.
 //! - [`dead_letter`]: what a dead letter holds and why it was written.
-//! - [`serve`]: the whole `main` of an agent binary, configured by environment.
+//! - [`serve`] and [`settings`]: the whole `main` of an agent binary, configured by flags,
+//!   environment or a file.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and SIGINT/SIGTERM for binaries.
 //!
 //! Data flows one way: an external system publishes a [`RootEvent`]; the stream stores it; each
@@ -29,6 +30,7 @@ pub mod names;
 pub mod publish;
 pub mod runtime;
 pub mod serve;
+pub mod settings;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

@@ -1,31 +1,30 @@
-//! The whole `main` of an agent binary: configuration from the environment, logging,
-//! connecting, running until SIGINT/SIGTERM, and an exit code that says what went wrong.
+//! The whole `main` of an agent binary: settings from flags, environment or a file
+//! ([`crate::settings`]), logging, connecting, running until SIGINT/SIGTERM, and an exit code
+//! that says what went wrong.
 //!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `NATS_URL` and the other `NATS_*` | see [`crate::NatsConfig::from_env`] | `nats://127.0.0.1:4222` |
-//! | `CHOREO_NAMESPACE` | the namespace to handle | `events` |
-//! | `CHOREO_CONCURRENCY` | events handled at once | 16 |
-//! | `CHOREO_MAX_DELIVERIES` | deliveries before dead-lettering | 5 |
-//! | `CHOREO_ACK_WAIT_SECS` | seconds before an unacked event is redelivered | 30 |
-//! | `CHOREO_LOG_FORMAT`, `RUST_LOG` | see [`crate::telemetry`] | `human`, `info` |
+//! Connection settings come from `NATS_URL` and the other `NATS_*` variables (see
+//! [`crate::NatsConfig::from_env`]); logging from `CHOREO_LOG_FORMAT` and `RUST_LOG` (see
+//! [`crate::telemetry`]). The values in effect are logged at start.
 //!
-//! Exit codes: 0 after a clean shutdown; 64 for bad configuration (the message names the
-//! variable); 69 when the streams are missing or the consumer cannot be bound.
+//! Exit codes: 0 after a clean shutdown (or `--help`); 64 for bad configuration (the message
+//! names the setting); 69 when the streams are missing or the consumer cannot be bound.
 
 use std::process::ExitCode;
-use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::connect::{InitialConnect, NatsConfig};
-use crate::names::{Namespace, ValidationError};
+use crate::names::ValidationError;
 use crate::runtime::{Agent, Handler, Runtime, RuntimeConfig, RuntimeError};
+use crate::settings::AgentSettings;
 
 /// Bad configuration (`EX_USAGE` in sysexits).
 pub const EXIT_CONFIG: u8 = 64;
 /// A service the agent needs is missing (`EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
-/// Runs `agent` with `handler` as configured by the environment, until SIGINT or SIGTERM.
+/// Runs `agent` with `handler` as configured by its flags, environment and settings file,
+/// until SIGINT or SIGTERM.
 ///
 /// It takes the declaration as built, so an invalid one exits 64 like any other bad
 /// configuration, without every agent's `main` handling it.
@@ -48,10 +47,11 @@ pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H
         eprintln!("{}: {err}", agent.name());
         return ExitCode::from(EXIT_CONFIG);
     }
-    let config = match runtime_config_from_env() {
+    let config = match settings_from_args(&agent) {
         Ok(config) => config,
-        Err(err) => return config_error(&agent, &err),
+        Err(exit) => return exit,
     };
+    tracing::info!(agent = %agent.name(), guards = %config.guards, "settings in effect");
     let nats = match NatsConfig::from_env() {
         // Containers may start before NATS: keep trying rather than exit.
         Ok(nats) => nats
@@ -87,32 +87,21 @@ fn config_error(agent: &Agent, err: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Reads the `CHOREO_*` runtime settings, refusing bad values by variable name.
-pub fn runtime_config_from_env() -> Result<RuntimeConfig, ValidationError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let number = |name: &'static str| -> Result<Option<u64>, ValidationError> {
-        var(name)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| ValidationError::new(name, format!("{v:?} is not a whole number")))
-            })
-            .transpose()
-    };
-    let mut config = RuntimeConfig::default();
-    if let Some(namespace) = var("CHOREO_NAMESPACE") {
-        config.namespace = Namespace::new(namespace)
-            .map_err(|err| ValidationError::new("CHOREO_NAMESPACE", err.reason))?;
-    }
-    if let Some(n) = number("CHOREO_CONCURRENCY")? {
-        config.concurrency = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = number("CHOREO_MAX_DELIVERIES")? {
-        config.max_deliveries = n;
-    }
-    if let Some(n) = number("CHOREO_ACK_WAIT_SECS")? {
-        config.ack_wait = Duration::from_secs(n);
-    }
-    config.validate()?;
-    Ok(config)
+/// Parses the process's flags (and the environment and file behind them) into a runtime
+/// configuration, or the exit code to leave with: 0 after `--help`, 64 for a bad setting.
+fn settings_from_args(agent: &Agent) -> Result<RuntimeConfig, ExitCode> {
+    let command = AgentSettings::command().name(format!("choreo-{}", agent.name()));
+    let settings = command
+        .try_get_matches()
+        .and_then(|matches| AgentSettings::from_arg_matches(&matches))
+        .map_err(|err| {
+            let code = if err.use_stderr() { EXIT_CONFIG } else { 0 };
+            // Prints help and version to stdout, errors to stderr, as clap formats them.
+            let _ = err.print();
+            ExitCode::from(code)
+        })?;
+    settings
+        .with_file()
+        .and_then(|settings| settings.runtime_config())
+        .map_err(|err| config_error(agent, &err))
 }

@@ -265,7 +265,10 @@ fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), Set
             ("max_bytes", c.max_bytes.to_string()),
             ("max_messages", c.max_messages.to_string()),
             ("discard", format!("{:?}", c.discard)),
-            ("max_messages_per_subject", c.max_messages_per_subject.to_string()),
+            (
+                "max_messages_per_subject",
+                c.max_messages_per_subject.to_string(),
+            ),
             ("allow_msg_counter", c.allow_message_counter.to_string()),
             ("replicas", c.num_replicas.to_string()),
         ]

@@ -5,8 +5,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +14,8 @@ use choreo_bus::{
     handler_fn,
 };
 use choreo_local_nats::NatsServer;
+use choreo_testkit::{Bus, event_type, quick_config, wait_until};
 use serde_json::json;
-use support::{Bus, event_type, quick_config, wait_until};
 use tokio::sync::{Barrier, Semaphore};
 
 type Log<T> = Arc<Mutex<Vec<T>>>;

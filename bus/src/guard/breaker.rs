@@ -60,13 +60,22 @@ impl BreakerConfig {
             ));
         }
         if self.min_calls == 0 {
-            return Err(ValidationError::new("breaker min_calls", "must be at least 1"));
+            return Err(ValidationError::new(
+                "breaker min_calls",
+                "must be at least 1",
+            ));
         }
         if self.window < Duration::from_millis(10) {
-            return Err(ValidationError::new("breaker window", "must be at least 10ms"));
+            return Err(ValidationError::new(
+                "breaker window",
+                "must be at least 10ms",
+            ));
         }
         if self.open_for.is_zero() {
-            return Err(ValidationError::new("breaker open_for", "must be above zero"));
+            return Err(ValidationError::new(
+                "breaker open_for",
+                "must be above zero",
+            ));
         }
         if self.half_open_probes == 0 {
             return Err(ValidationError::new(
@@ -343,7 +352,10 @@ impl CircuitBreaker {
                 },
                 0,
                 0,
-                format!("open for {:?}; letting probes through", self.config.open_for),
+                format!(
+                    "open for {:?}; letting probes through",
+                    self.config.open_for
+                ),
             );
         }
     }
@@ -584,7 +596,11 @@ mod tests {
         for _ in 0..4 {
             fail(&breaker);
         }
-        assert_eq!(breaker.state(), BreakerState::Closed, "4 failures of 4 < min 5");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "4 failures of 4 < min 5"
+        );
         fail(&breaker);
         assert_eq!(breaker.state(), BreakerState::Open);
     }
@@ -611,7 +627,11 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(11)).await;
         fail(&breaker);
-        assert_eq!(breaker.state(), BreakerState::Closed, "the first 3 have aged out");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "the first 3 have aged out"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -650,7 +670,11 @@ mod tests {
         let mut probes = probes.into_iter();
         probes.next().expect("probe").success();
         probes.next().expect("probe").success();
-        assert_eq!(breaker.state(), BreakerState::HalfOpen, "2 of 3 probes passed");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen,
+            "2 of 3 probes passed"
+        );
         probes.next().expect("probe").success();
         assert_eq!(breaker.state(), BreakerState::Closed);
         pass(&breaker);
@@ -674,7 +698,10 @@ mod tests {
         fail(&breaker);
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(breaker.try_acquire().expect("probe"));
-        breaker.try_acquire().expect("the slot is free again").success();
+        breaker
+            .try_acquire()
+            .expect("the slot is free again")
+            .success();
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
@@ -683,14 +710,24 @@ mod tests {
         let breaker = breaker(2, 1);
         for _ in 0..10 {
             let result = breaker
-                .call_with(|status: &u16| *status >= 500, || async { Err::<(), u16>(400) })
+                .call_with(
+                    |status: &u16| *status >= 500,
+                    || async { Err::<(), u16>(400) },
+                )
                 .await;
             assert!(matches!(result, Err(BreakerError::Failed(400))));
         }
-        assert_eq!(breaker.state(), BreakerState::Closed, "bad requests are ours");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "bad requests are ours"
+        );
         for _ in 0..2 {
             let _ = breaker
-                .call_with(|status: &u16| *status >= 500, || async { Err::<(), u16>(503) })
+                .call_with(
+                    |status: &u16| *status >= 500,
+                    || async { Err::<(), u16>(503) },
+                )
                 .await;
         }
         assert_eq!(breaker.state(), BreakerState::Open, "server errors count");

@@ -148,7 +148,10 @@ impl CorrelationBudget {
 
     /// The counter subject of one measure of one run.
     pub fn subject(namespace: &Namespace, correlation: &str, kind: BudgetKind) -> String {
-        format!("{BUDGET_PREFIX}.{namespace}.{correlation}.{}", kind.as_str())
+        format!(
+            "{BUDGET_PREFIX}.{namespace}.{correlation}.{}",
+            kind.as_str()
+        )
     }
 
     /// Charges `events` emitted events and `tokens` reported tokens to `correlation`; all or
@@ -184,7 +187,12 @@ impl CorrelationBudget {
         })
     }
 
-    async fn take_events(&self, correlation: &str, events: u64, limit: u64) -> Result<(), BudgetError> {
+    async fn take_events(
+        &self,
+        correlation: &str,
+        events: u64,
+        limit: u64,
+    ) -> Result<(), BudgetError> {
         let held = self.take_held(correlation, events);
         let needed = events - held;
         if needed == 0 {
@@ -236,7 +244,8 @@ impl CorrelationBudget {
     fn give_back(&self, correlation: &str, events: u64, grow: Option<u64>) {
         if !self.grants.contains_key(correlation) && self.grants.len() >= GRANTS_KEPT {
             let now = Instant::now();
-            self.grants.retain(|_, grant| now - grant.touched < GRANT_IDLE);
+            self.grants
+                .retain(|_, grant| now - grant.touched < GRANT_IDLE);
         }
         let mut grant = self
             .grants
@@ -272,7 +281,12 @@ impl CorrelationBudget {
     }
 
     /// Adds to a counter and returns its new total.
-    async fn add(&self, correlation: &str, kind: BudgetKind, amount: u64) -> Result<u64, BudgetError> {
+    async fn add(
+        &self,
+        correlation: &str,
+        kind: BudgetKind,
+        amount: u64,
+    ) -> Result<u64, BudgetError> {
         let subject = Self::subject(&self.namespace, correlation, kind);
         let unavailable = |detail: String| BudgetError::Unavailable {
             subject: subject.clone(),
@@ -295,7 +309,9 @@ impl CorrelationBudget {
             return Err(unavailable(error.description));
         }
         ack.val
-            .ok_or_else(|| unavailable("the answer has no value; is BUDGETS a counter stream?".into()))?
+            .ok_or_else(|| {
+                unavailable("the answer has no value; is BUDGETS a counter stream?".into())
+            })?
             .parse()
             .map_err(|err| unavailable(format!("counter value is not a whole number: {err}")))
     }
@@ -316,10 +332,9 @@ impl CorrelationBudget {
             Ok(message) => {
                 let value: CounterValue = serde_json::from_slice(&message.payload)
                     .map_err(|err| unavailable(format!("unreadable counter: {err}")))?;
-                value
-                    .val
-                    .parse()
-                    .map_err(|err| unavailable(format!("counter value is not a whole number: {err}")))
+                value.val.parse().map_err(|err| {
+                    unavailable(format!("counter value is not a whole number: {err}"))
+                })
             }
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(0),
             Err(err) => Err(unavailable(err.to_string())),

@@ -52,7 +52,9 @@ mod tests {
     fn children_may_reach_the_limit_but_not_pass_it() {
         let limit = DepthLimit { max: 3 };
         assert!(limit.check_children(&at_depth(2)).is_ok(), "children at 3");
-        let stop = limit.check_children(&at_depth(3)).expect_err("children at 4");
+        let stop = limit
+            .check_children(&at_depth(3))
+            .expect_err("children at 4");
         assert_eq!(stop.reason, DeadLetterReason::DepthExceeded);
         assert!(stop.detail.contains("depth 4"), "{}", stop.detail);
         assert!(limit.check_children(&at_depth(u32::MAX)).is_err());

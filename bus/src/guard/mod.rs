@@ -98,16 +98,28 @@ impl GuardsConfig {
 
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.depth.is_some_and(|d| d.max == 0) {
-            return Err(ValidationError::new("max-depth", "must be at least 1 (or off)"));
+            return Err(ValidationError::new(
+                "max-depth",
+                "must be at least 1 (or off)",
+            ));
         }
         if self.cycle.is_some_and(|c| c.max_visits == 0) {
-            return Err(ValidationError::new("max-visits", "must be at least 1 (or off)"));
+            return Err(ValidationError::new(
+                "max-visits",
+                "must be at least 1 (or off)",
+            ));
         }
         if self.budget.max_events == Some(0) {
-            return Err(ValidationError::new("max-events", "must be at least 1 (or off)"));
+            return Err(ValidationError::new(
+                "max-events",
+                "must be at least 1 (or off)",
+            ));
         }
         if self.budget.max_tokens == Some(0) {
-            return Err(ValidationError::new("max-tokens", "must be at least 1 (or off)"));
+            return Err(ValidationError::new(
+                "max-tokens",
+                "must be at least 1 (or off)",
+            ));
         }
         let rates = self.handle_rate.iter().chain(self.publish_rates.values());
         if rates.into_iter().any(|limit| limit.burst == 0) {

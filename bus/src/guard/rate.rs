@@ -29,7 +29,10 @@ impl Rate {
             return Err(ValidationError::new("rate", "the count must be at least 1"));
         }
         if per.is_zero() {
-            return Err(ValidationError::new("rate", "the period must be above zero"));
+            return Err(ValidationError::new(
+                "rate",
+                "the period must be above zero",
+            ));
         }
         Ok(Rate { count, per })
     }
@@ -55,12 +58,7 @@ impl fmt::Display for Rate {
             1 if self.per.subsec_nanos() == 0 => write!(f, "{}/s", self.count),
             60 if self.per.subsec_nanos() == 0 => write!(f, "{}/m", self.count),
             3600 if self.per.subsec_nanos() == 0 => write!(f, "{}/h", self.count),
-            _ => write!(
-                f,
-                "{}/{}",
-                self.count,
-                humantime::format_duration(self.per)
-            ),
+            _ => write!(f, "{}/{}", self.count, humantime::format_duration(self.per)),
         }
     }
 }
@@ -253,7 +251,10 @@ mod tests {
             .windows(2)
             .map(|pair| pair[1] - pair[0])
             .collect();
-        assert!(steady.iter().all(|gap| *gap == Duration::from_millis(100)), "{steady:?}");
+        assert!(
+            steady.iter().all(|gap| *gap == Duration::from_millis(100)),
+            "{steady:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -269,7 +270,11 @@ mod tests {
         }
         assert_eq!(Instant::now(), start, "a full burst after a long pause");
         limiter.acquire().await;
-        assert_eq!(Instant::now() - start, Duration::from_millis(100), "but only one burst");
+        assert_eq!(
+            Instant::now() - start,
+            Duration::from_millis(100),
+            "but only one burst"
+        );
     }
 
     #[test]

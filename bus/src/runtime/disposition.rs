@@ -11,7 +11,7 @@ use super::config::RuntimeConfig;
 
 /// The shortest wait before an event refused by an open breaker comes back, so a breaker about
 /// to half-open does not turn into a tight redelivery loop.
-const MIN_UNAVAILABLE_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const MIN_BREAKER_WAIT: Duration = Duration::from_millis(100);
 
 /// The runtime's decision for one delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,7 @@ pub fn decide(
         Err(HandlerError::Retryable(error)) => retry_or_give_up(config, delivered, error),
         // A known outage is waited out, however long, rather than spending deliveries on it.
         Err(HandlerError::Unavailable { retry_after, .. }) => {
-            Disposition::Retry(retry_after.max(MIN_UNAVAILABLE_DELAY))
+            Disposition::Retry(retry_after.max(MIN_BREAKER_WAIT))
         }
     }
 }

@@ -33,6 +33,7 @@
 
 mod agent;
 mod config;
+mod deferrals;
 mod dispatch;
 mod disposition;
 
@@ -63,6 +64,7 @@ use crate::guard::{
 use crate::names::{AgentName, ValidationError};
 use crate::publish::{PublishError, Publisher};
 
+use deferrals::Deferrals;
 use dispatch::SerialByKey;
 
 /// How often the server sends idle heartbeats on a pull, so a dead connection is noticed.
@@ -172,7 +174,12 @@ impl<H: Handler> Runtime<H> {
 
         let publisher = Publisher::new(jetstream.clone(), self.config.namespace.clone());
         let mut announcers = tokio::task::JoinSet::new();
-        for breaker in guards.breaker.iter().cloned().chain(self.handler.breakers()) {
+        for breaker in guards
+            .breaker
+            .iter()
+            .cloned()
+            .chain(self.handler.breakers())
+        {
             announcers.spawn(announce_transitions(
                 breaker,
                 publisher.clone(),
@@ -191,6 +198,7 @@ impl<H: Handler> Runtime<H> {
             handler: self.handler,
             config: self.config,
             guards,
+            deferrals: Deferrals::default(),
             stopping: Arc::clone(&stopping),
         });
         let dispatcher = {
@@ -220,9 +228,9 @@ impl<H: Handler> Runtime<H> {
             // Probing a half-open breaker: fetch no more than it will let through, so a failing
             // probe leaves little in hand to give back.
             let pace = match &breaker {
-                Some(breaker) if breaker.state() != BreakerState::Closed => Pace::Probing(
-                    usize::try_from(breaker.config().half_open_probes).unwrap_or(1),
-                ),
+                Some(breaker) if breaker.state() != BreakerState::Closed => {
+                    Pace::Probing(usize::try_from(breaker.config().half_open_probes).unwrap_or(1))
+                }
                 _ => Pace::Normal(worker.pull_batch()),
             };
             let mut messages = match consumer
@@ -258,9 +266,10 @@ impl<H: Handler> Runtime<H> {
                                 Gate::HandBack(delay) => {
                                     // Opened, or closed while probing: give back what is held
                                     // and pull again at the new pace.
-                                    hand_back_after(&message, delay).await;
-                                    while let Some(Some(Ok(held))) = messages.next().now_or_never() {
-                                        hand_back_after(&held, delay).await;
+                                    worker.defer(&message, delay).await;
+                                    while let Some(Some(Ok(held))) = messages.next().now_or_never()
+                                    {
+                                        worker.defer(&held, delay).await;
                                     }
                                     continue 'pulling;
                                 }
@@ -371,7 +380,10 @@ impl<H: Handler> Runtime<H> {
         if limits.max_events.is_none() && limits.max_tokens.is_none() {
             return Ok(None);
         }
-        match jetstream.get_stream_no_info(crate::streams::BUDGET_STREAM).await {
+        match jetstream
+            .get_stream_no_info(crate::streams::BUDGET_STREAM)
+            .await
+        {
             Ok(_) => {}
             Err(err) if crate::streams::is_stream_not_found(&err) => {
                 return Err(RuntimeError::NoBudgetStream {
@@ -576,6 +588,7 @@ struct Worker<H> {
     publisher: Publisher,
     dead_letters: DeadLetterWriter,
     guards: Guards,
+    deferrals: Deferrals,
     stopping: Arc<AtomicBool>,
 }
 
@@ -627,14 +640,15 @@ impl<H: Handler> Worker<H> {
             depth = event.depth,
             delivery = delivered,
         );
+        let attempts = self.deferrals.attempts(stream_sequence, delivered);
         async {
             // Delivered more often than allowed without an answer: the agent has been dying
             // while handling it (a crash, an OOM kill). Do not try again.
-            if delivered > self.config.max_deliveries {
+            if attempts > self.config.max_deliveries {
                 let disposition = Disposition::DeadLetter {
                     reason: DeadLetterReason::HandlerFailed,
                     error: format!(
-                        "delivered {delivered} times without completing; the agent may be crashing on it"
+                        "delivered {attempts} times without completing; the agent may be crashing on it"
                     ),
                 };
                 let decoded = Original {
@@ -661,7 +675,7 @@ impl<H: Handler> Worker<H> {
                 Some(Err(open)) => {
                     // Refused without calling: not a failure, so it costs no retry.
                     debug!(retry_in = ?open.retry_in, "handler breaker open; handing the event back");
-                    hand_back_after(&message, open.retry_in).await;
+                    self.defer(&message, open.retry_in).await;
                     return;
                 }
                 Some(Ok(permit)) => Some(permit),
@@ -676,6 +690,7 @@ impl<H: Handler> Worker<H> {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| Err(HandlerError::Retryable(panic_message(&panic))));
+            let probed = permit.as_ref().is_some_and(|p| p.is_probe());
             if let Some(permit) = permit {
                 match &outcome {
                     Ok(_) => permit.success(),
@@ -685,8 +700,29 @@ impl<H: Handler> Worker<H> {
             }
             if let Err(err) = &outcome {
                 warn!(error = %err, kind = %err.kind(), "handler failed");
+                // A dependency is down (an outbound breaker refused, or this failure tripped the
+                // handler's breaker): wait for it rather than spend one of the event's attempts
+                // on it. A failed probe does count, so an event that keeps failing the probe is
+                // given up on after max deliveries instead of holding the breaker open forever.
+                let breaker_wait = self
+                    .guards
+                    .breaker
+                    .as_ref()
+                    .filter(|b| {
+                        !probed && err.is_retryable() && b.state() != BreakerState::Closed
+                    })
+                    .map(CircuitBreaker::open_remaining);
+                let wait = match (err, breaker_wait) {
+                    (_, Some(remaining)) => Some(remaining),
+                    (HandlerError::Unavailable { retry_after, .. }, None) => Some(*retry_after),
+                    _ => None,
+                };
+                if let Some(wait) = wait {
+                    self.defer(&message, wait).await;
+                    return;
+                }
             }
-            let disposition = decide(&self.agent, &self.config, delivered, outcome);
+            let disposition = decide(&self.agent, &self.config, attempts, outcome);
             let decoded = Original {
                 event: Some(&incoming.event),
                 ..undecoded
@@ -705,19 +741,22 @@ impl<H: Handler> Worker<H> {
         original: Original<'_>,
         disposition: Disposition,
     ) {
-        let delivered = original.delivery_count;
+        let attempts = self
+            .deferrals
+            .attempts(original.stream_sequence, original.delivery_count);
         let disposition = match (disposition, original.event) {
             (Disposition::Publish(emits), Some(parent)) => {
                 match self.publish_children(parent, emits).await {
                     Ok(count) => {
                         debug!(children = count, "handled");
+                        self.deferrals.forget(original.stream_sequence);
                         ack(message, AckKind::Ack).await;
                         return;
                     }
                     Err(ChildrenError::Stopped(stop)) => stop.into(),
                     Err(err @ ChildrenError::Failed(_)) => {
                         warn!(error = %err, "could not publish children; will retry");
-                        disposition::retry_or_give_up(&self.config, delivered, err.to_string())
+                        disposition::retry_or_give_up(&self.config, attempts, err.to_string())
                     }
                 }
             }
@@ -726,6 +765,7 @@ impl<H: Handler> Worker<H> {
         match disposition {
             Disposition::Publish(_) => {
                 // Only reachable without a decoded parent, which never publishes.
+                self.deferrals.forget(original.stream_sequence);
                 ack(message, AckKind::Ack).await;
             }
             Disposition::Retry(delay) => ack(message, AckKind::Nak(Some(delay))).await,
@@ -733,17 +773,27 @@ impl<H: Handler> Worker<H> {
                 match self.dead_letters.write(original, reason, &error).await {
                     Ok(()) => {
                         error!(reason = %reason, error = %error, "dead-lettered");
+                        self.deferrals.forget(original.stream_sequence);
                         ack(message, AckKind::Term).await;
                     }
                     Err(err) => {
                         // Never terminate without the dead letter stored: try again later.
                         warn!(error = %err, "could not store dead letter; will retry");
-                        let delay = self.config.backoff.delay(delivered);
+                        let delay = self.config.backoff.delay(attempts);
                         ack(message, AckKind::Nak(Some(delay))).await;
                     }
                 }
             }
         }
+    }
+
+    /// Hands an event back untried (or blamed on a down dependency) for redelivery after
+    /// `delay`, without counting the delivery as an attempt.
+    async fn defer(&self, message: &jetstream::Message, delay: Duration) {
+        if let Ok(info) = message.info() {
+            self.deferrals.record(info.stream_sequence);
+        }
+        hand_back_after(message, delay.max(disposition::MIN_BREAKER_WAIT)).await;
     }
 
     /// Runs the publishing guards, then stamps and publishes children, waiting until the
@@ -801,7 +851,11 @@ impl<H: Handler> Worker<H> {
                 let limit = limiter.limit();
                 let per_second = limit.rate.per_second_f64().ceil();
                 // Float to integer: saturating, and the rate is positive.
-                let per_second = if per_second >= 1.0 { per_second as usize } else { 1 };
+                let per_second = if per_second >= 1.0 {
+                    per_second as usize
+                } else {
+                    1
+                };
                 per_second
                     .max(usize::try_from(limit.burst).unwrap_or(usize::MAX))
                     .clamp(1, self.config.batch)

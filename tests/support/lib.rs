@@ -1,7 +1,9 @@
-//! Helpers for the bus's integration tests: a real server with the streams set up, reading what
-//! the streams hold, waiting for conditions, and running agents that can be stopped.
-
-#![allow(dead_code)] // Each test file uses its own subset.
+//! The harness for choreo's integration tests: a real nats-server per test with the streams set
+//! up, agents run in tasks that can be stopped or killed, reading what the streams hold, and
+//! waiting for conditions instead of sleeping.
+//!
+//! The bus's conformance suite (`bus/tests/`) and the multi-agent and fault tests in this
+//! directory share it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio::task::JoinHandle;
 /// How long any one condition in these tests may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+#[derive(Debug)]
 pub struct Bus {
     pub server: NatsServer,
     pub client: async_nats::Client,
@@ -165,6 +168,7 @@ async fn connect(server: &NatsServer, auth: NatsConfig) -> anyhow::Result<async_
 }
 
 /// A runtime running in a task.
+#[derive(Debug)]
 pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), choreo_bus::runtime::RuntimeError>>,
@@ -226,6 +230,10 @@ pub fn quick_config() -> RuntimeConfig {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "a test's own literal types; a typo should fail the test"
+)]
 pub fn event_type(name: &str) -> EventType {
     EventType::new(name).expect("test event types are valid")
 }
