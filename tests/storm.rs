@@ -344,7 +344,7 @@ async fn a_failing_dependency_opens_the_breaker_and_after_recovery_each_event_is
     .await?;
     running.stop().await?;
 
-    let handled = handled.lock().expect("not poisoned");
+    let handled = handled.lock().expect("not poisoned").clone();
     for id in &published {
         assert_eq!(handled.get(id), Some(&1), "event {id} handled once");
     }
