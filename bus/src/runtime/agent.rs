@@ -247,6 +247,20 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// A shared handler, so its owner can keep a handle on its state while the runtime runs it.
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle(
+        &self,
+        event: &Incoming,
+    ) -> impl Future<Output = Result<Vec<Emit>, HandlerError>> + Send {
+        (**self).handle(event)
+    }
+
+    fn breakers(&self) -> Vec<crate::guard::CircuitBreaker> {
+        (**self).breakers()
+    }
+}
+
 /// A [`Handler`] made from an async closure that takes the event by value.
 #[derive(Debug, Clone)]
 pub struct FnHandler<F>(F);

@@ -1,4 +1,10 @@
-//! `handle`: a raw pull consumer with explicit acks vs the agent runtime with a no-op handler.
+//! `handle`: a raw pull consumer with explicit acks vs the agent runtime (default settings,
+//! default guards included) with a no-op handler.
+//!
+//! `guards`: the runtime with every guard configured but not tripping (rate limits far above
+//! the pace, the handler breaker, depth and cycle limits, run budgets) vs the runtime with all
+//! guards off. There, each event emits one child, so the publishing guards (depth, the run's
+//! event budget, the publish rate) are on the path too; both sides do the same work.
 //!
 //! The stream is preloaded once with envelopes spread over 256 runs; every round binds a fresh
 //! durable consumer that reads them all. Both sides pull in batches of the runtime's default
@@ -13,6 +19,7 @@ use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, pull},
 };
+use choreo_bus::guard::{BudgetLimits, GuardsConfig, Rate, RateLimit};
 use choreo_bus::{
     Agent, Emit, EventType, Handler, HandlerError, Incoming, Publisher, Runtime, RuntimeConfig,
 };
@@ -23,6 +30,7 @@ use crate::publish::publish_envelopes;
 use crate::{Report, Settings, fresh_streams, payload, run_ids};
 
 const EVENT_TYPE: &str = "bench.handled";
+const ECHO_TYPE: &str = "bench.echoed";
 
 pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Result<Report> {
     fresh_streams(client).await?;
@@ -33,9 +41,11 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
         raw_rounds.push(raw_round(&stream, settings.messages, round).await?);
-        ours_rounds.push(ours_round(client, settings.messages, round).await?);
+        let ours = format!("ours-{round}");
+        let config = RuntimeConfig::default();
+        ours_rounds.push(runtime_round(client, settings.messages, &ours, config, false).await?);
         stream.delete_consumer(&format!("raw-{round}")).await?;
-        stream.delete_consumer(&format!("ours-{round}")).await?;
+        stream.delete_consumer(&ours).await?;
     }
     Ok(Report::throughput(
         "handle",
@@ -43,6 +53,55 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
         raw_rounds,
         ours_rounds,
     ))
+}
+
+/// `guards`: the runtime with every guard on but not tripping vs with none; ratio = with /
+/// without.
+pub async fn run_guards(
+    client: &async_nats::Client,
+    settings: &Settings,
+) -> anyhow::Result<Report> {
+    fresh_streams(client).await?;
+    let jetstream = jetstream::new(client.clone());
+    preload(&jetstream, settings).await?;
+    let stream = jetstream.get_stream("EVENTS").await?;
+
+    let (mut without_rounds, mut with_rounds) = (Vec::new(), Vec::new());
+    for round in 0..settings.rounds {
+        let (without, with) = (format!("unguarded-{round}"), format!("guarded-{round}"));
+        let unguarded = RuntimeConfig {
+            guards: GuardsConfig::off(),
+            ..RuntimeConfig::default()
+        };
+        without_rounds
+            .push(runtime_round(client, settings.messages, &without, unguarded, true).await?);
+        with_rounds.push(runtime_round(client, settings.messages, &with, guarded()?, true).await?);
+        stream.delete_consumer(&without).await?;
+        stream.delete_consumer(&with).await?;
+    }
+    let mut report = Report::throughput("guards", settings, without_rounds, with_rounds);
+    report.raw_is = Some("the runtime with every guard off");
+    Ok(report)
+}
+
+/// Every guard on, none tripping: limits far above what one run or the machine reaches.
+fn guarded() -> anyhow::Result<RuntimeConfig> {
+    let unreachable = RateLimit {
+        rate: Rate::per_second(10_000_000)?,
+        burst: 1000,
+    };
+    Ok(RuntimeConfig {
+        guards: GuardsConfig {
+            handle_rate: Some(unreachable),
+            publish_rates: [(EventType::new(ECHO_TYPE)?, unreachable)].into(),
+            budget: BudgetLimits {
+                max_events: Some(100_000_000),
+                max_tokens: Some(100_000_000),
+            },
+            ..GuardsConfig::default()
+        },
+        ..RuntimeConfig::default()
+    })
 }
 
 async fn preload(jetstream: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
@@ -95,37 +154,61 @@ async fn raw_round(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Counts events and wakes the bench when the last one is in.
+/// Counts events (optionally answering each with one small child) and wakes the bench when
+/// the last one is in.
 struct Counting {
     seen: AtomicUsize,
     target: usize,
     done: Arc<Notify>,
+    echo: Option<EventType>,
 }
 
 impl Handler for Counting {
     async fn handle(&self, _event: &Incoming) -> Result<Vec<Emit>, HandlerError> {
+        let children = match &self.echo {
+            Some(echo) => vec![Emit::new(
+                echo.clone(),
+                "application/json",
+                bytes::Bytes::from_static(b"{}"),
+            )],
+            None => Vec::new(),
+        };
         if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
             self.done.notify_one();
         }
-        Ok(Vec::new())
+        Ok(children)
     }
 }
 
-async fn ours_round(client: &async_nats::Client, n: usize, round: usize) -> anyhow::Result<f64> {
-    let agent = Agent::builder(format!("ours-{round}"))
-        .subscribes(EVENT_TYPE)
-        .build()?;
+/// One round of the runtime as agent `name` reading all `n` preloaded events; msgs/s.
+async fn runtime_round(
+    client: &async_nats::Client,
+    n: usize,
+    name: &str,
+    config: RuntimeConfig,
+    echo: bool,
+) -> anyhow::Result<f64> {
+    let mut agent = Agent::builder(name).subscribes(EVENT_TYPE);
+    if echo {
+        agent = agent.emits(ECHO_TYPE);
+    }
+    let agent = agent.build()?;
     let done = Arc::new(Notify::new());
     let handler = Counting {
         seen: AtomicUsize::new(0),
         target: n,
         done: Arc::clone(&done),
+        echo: echo.then(|| EventType::new(ECHO_TYPE)).transpose()?,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let start = Instant::now();
-    let runtime = tokio::spawn(Runtime::new(client.clone(), agent, handler).run(async {
-        let _ = stopped.await;
-    }));
+    let runtime = tokio::spawn(
+        Runtime::new(client.clone(), agent, handler)
+            .config(config)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
     done.notified().await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let _ = stop.send(());

@@ -2,20 +2,24 @@
 //! run, alternating rounds, and prints each scenario's medians and their ratio.
 //!
 //! ```text
-//! choreo-bench publish handle --json
+//! choreo-bench publish handle guards flood storm --json
 //! ```
 //!
-//! Each scenario prints one line (one JSON object with `--json`): `scenario`, `raw` and `ours`
-//! (medians over the rounds), `unit`, and `ratio` = ours / raw, where higher is better (for
-//! latencies it is raw / ours, so higher stays better).
+//! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
+//! (`publish`, `handle`, `guards`) have `scenario`, `raw` and `ours` (medians over the rounds),
+//! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
+//! higher stays better). `flood` and `storm` measure storm control and print their own figures
+//! (see their modules).
 
 // Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
 // allocator measured 27% slower on `publish` (see docs/architecture.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod flood;
 mod handle;
 mod publish;
+mod storm;
 
 use std::process::ExitCode;
 
@@ -27,7 +31,7 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run: publish, handle. All of them when none is named.
+    /// Scenarios to run: publish, handle, guards, flood, storm. All of them when none is named.
     scenarios: Vec<String>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
@@ -45,9 +49,15 @@ struct Args {
     /// Bytes of event payload (the envelope's `data`).
     #[arg(long, default_value_t = 256)]
     payload: usize,
+    /// `flood`: the agent's configured handling rate, events per second.
+    #[arg(long, default_value_t = 2000)]
+    flood_rate: u32,
+    /// `storm`: ping-pong runs started at once beside the bystander.
+    #[arg(long, default_value_t = 100)]
+    storms: usize,
 }
 
-const SCENARIOS: [&str; 2] = ["publish", "handle"];
+const SCENARIOS: [&str; 5] = ["publish", "handle", "guards", "flood", "storm"];
 
 /// Settings every scenario shares.
 #[derive(Debug, Clone)]
@@ -55,6 +65,8 @@ pub struct Settings {
     pub messages: usize,
     pub rounds: usize,
     pub payload: usize,
+    pub flood_rate: u32,
+    pub storms: usize,
 }
 
 /// One scenario's result.
@@ -70,6 +82,9 @@ pub struct Report {
     pub payload_bytes: usize,
     pub raw_rounds: Vec<f64>,
     pub ours_rounds: Vec<f64>,
+    /// What `raw` measures, when it is not raw async-nats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_is: Option<&'static str>,
 }
 
 impl Report {
@@ -92,6 +107,7 @@ impl Report {
             payload_bytes: settings.payload,
             raw_rounds,
             ours_rounds,
+            raw_is: None,
         }
     }
 }
@@ -114,9 +130,14 @@ async fn main() -> ExitCode {
         .iter()
         .filter(|s| !SCENARIOS.contains(&s.as_str()))
         .collect();
-    if !unknown.is_empty() || args.rounds == 0 || args.messages == 0 {
+    if !unknown.is_empty()
+        || args.rounds == 0
+        || args.messages == 0
+        || args.flood_rate == 0
+        || args.storms == 0
+    {
         eprintln!(
-            "choreo-bench: unknown scenario {unknown:?} or zero rounds/messages; scenarios are: {}",
+            "choreo-bench: unknown scenario {unknown:?} or a zero count; scenarios are: {}",
             SCENARIOS.join(", ")
         );
         return ExitCode::from(64);
@@ -150,6 +171,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         messages: args.messages,
         rounds: args.rounds,
         payload: args.payload,
+        flood_rate: args.flood_rate,
+        storms: args.storms,
     };
     let scenarios: Vec<&str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -163,21 +186,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     for scenario in scenarios {
-        let report = match scenario {
-            "publish" => publish::run(&client, &settings).await?,
-            "handle" => handle::run(&client, &settings).await?,
+        let (json, table) = match scenario {
+            "publish" => compared(publish::run(&client, &settings).await?)?,
+            "handle" => compared(handle::run(&client, &settings).await?)?,
+            "guards" => compared(handle::run_guards(&client, &settings).await?)?,
+            "flood" => {
+                let flood = flood::run(&client, &settings).await?;
+                let table = format!(
+                    "{:<10} configured {:.0}/s, offered {:.0}/s, handled {:.0}/s: rate_ratio {:.3}, lost {}, duplicates {}",
+                    flood.scenario,
+                    flood.configured_rate,
+                    flood.offered_rate,
+                    flood.measured_rate,
+                    flood.rate_ratio,
+                    flood.lost,
+                    flood.duplicates
+                );
+                (serde_json::to_string(&flood)?, table)
+            }
+            "storm" => {
+                let storm = storm::run(&client, &settings).await?;
+                let table = format!(
+                    "{:<10} {} storms stopped by {} after at most {} events (bound {}); bystander p99 {:.1} ms alone, {:.1} ms beside them: ratio {:.3}",
+                    storm.scenario,
+                    storm.storms,
+                    storm.stopped_by,
+                    storm.published_before_stop,
+                    storm.bound,
+                    storm.bystander_p99_ms_without,
+                    storm.bystander_p99_ms_with,
+                    storm.bystander_p99_ratio
+                );
+                (serde_json::to_string(&storm)?, table)
+            }
             other => anyhow::bail!("no scenario {other}"),
         };
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!(
-                "{:<10} {:>14.0} {:>14.0} {:>8.3}  {}",
-                report.scenario, report.raw, report.ours, report.ratio, report.unit
-            );
-        }
+        println!("{}", if args.json { json } else { table });
     }
     Ok(())
+}
+
+/// A side-by-side report as a JSON line and a table row.
+fn compared(report: Report) -> anyhow::Result<(String, String)> {
+    let table = format!(
+        "{:<10} {:>14.0} {:>14.0} {:>8.3}  {}{}",
+        report.scenario,
+        report.raw,
+        report.ours,
+        report.ratio,
+        report.unit,
+        report
+            .raw_is
+            .map(|is| format!(" (raw: {is})"))
+            .unwrap_or_default()
+    );
+    Ok((serde_json::to_string(&report)?, table))
 }
 
 /// A fresh events stream with the bus's default settings, for one scenario.
@@ -187,6 +250,7 @@ pub async fn fresh_streams(client: &async_nats::Client) -> anyhow::Result<()> {
     for name in [
         config.events_stream().name,
         config.dead_letter_stream().name,
+        config.budget_stream().name,
     ] {
         let _ = jetstream.delete_stream(&name).await;
     }
