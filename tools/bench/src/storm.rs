@@ -1,8 +1,9 @@
 //! `storm`: two agents that answer each other forever (ping ↔ pong), under the default guards,
 //! while a bystander pipeline (relay-a → relay-b) keeps serving other runs.
 //!
-//! The bystander's end-to-end latency is measured over the same paced runs twice: alone, and
-//! while `--storms` ping-pong runs are started at once. The JSON line has
+//! The bystander's end-to-end latency is measured over the same paced runs twice (after a
+//! warm-up pass): alone, and with `--storms` ping-pong runs started among them, spread evenly
+//! over the bystander's runs so storms are raging throughout. The JSON line has
 //! `published_before_stop` (the most events one storm got into the stream), `bound` (what the
 //! default guards allow one storm), `stopped_by` (the guard named in the storms' dead letters),
 //! and `bystander_p99_ratio` (the bystander's p99 latency with the storms over without; 1.0
@@ -88,6 +89,7 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
         start(client, "relay-b", "work.relayed", "work.done")?,
     ];
 
+    bystander_latencies(client, &publisher, "warmup", None).await?;
     let without = bystander_latencies(client, &publisher, "quiet", None).await?;
     let with = bystander_latencies(client, &publisher, "busy", Some(settings.storms)).await?;
 
@@ -159,8 +161,8 @@ fn default_bound() -> usize {
     .unwrap_or(usize::MAX)
 }
 
-/// Runs [`BYSTANDER_RUNS`] paced bystander runs, starting `storms` ping-pong runs at the same
-/// moment if given; returns each bystander run's publish-to-done latency in seconds.
+/// Runs [`BYSTANDER_RUNS`] paced bystander runs, starting `storms` ping-pong runs spread among
+/// them if given; returns each bystander run's publish-to-done latency in seconds.
 async fn bystander_latencies(
     client: &async_nats::Client,
     publisher: &Publisher,
@@ -191,18 +193,21 @@ async fn bystander_latencies(
         })
     };
 
-    if let Some(storms) = storms {
-        let served = EventType::new("ball.served")?;
-        for n in 0..storms {
-            let emit = Emit::json(served.clone(), &serde_json::json!({}))?;
-            let root = RootEvent::new(emit, "bench").with_correlation_id(format!("storm-{n}"));
-            publisher.publish_root(root).await?;
-        }
-    }
+    let served = EventType::new("ball.served")?;
     let requested = EventType::new("work.requested")?;
+    let mut storms_started = 0;
     let mut pace = tokio::time::interval(BYSTANDER_GAP);
     for n in 0..BYSTANDER_RUNS {
         pace.tick().await;
+        while let Some(storms) = storms
+            && storms_started * BYSTANDER_RUNS < storms * (n + 1)
+        {
+            let emit = Emit::json(served.clone(), &serde_json::json!({}))?;
+            let root = RootEvent::new(emit, "bench")
+                .with_correlation_id(format!("storm-{storms_started}"));
+            publisher.publish_root(root).await?;
+            storms_started += 1;
+        }
         let correlation = format!("{label}-{n}");
         let emit = Emit::json(requested.clone(), &serde_json::json!({ "n": n }))?;
         let root = RootEvent::new(emit, "bench").with_correlation_id(correlation.clone());
