@@ -69,6 +69,9 @@ use dispatch::SerialByKey;
 
 /// How often the server sends idle heartbeats on a pull, so a dead connection is noticed.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The name of the breaker around the handler: its transitions are in the run
+/// `breaker-<agent>-handler`.
+pub const HANDLER_BREAKER: &str = "handler";
 /// Pause before rebinding the consumer after the pull stream ended.
 const REBIND_DELAY: Duration = Duration::from_secs(1);
 
@@ -164,7 +167,7 @@ impl<H: Handler> Runtime<H> {
         let jetstream = jetstream::new(self.client.clone());
         let mut consumer = bind_consumer(&jetstream, &self.agent, &self.config).await?;
         let budget = self.budget(&jetstream).await?;
-        let guards = Guards::new(&self.config.guards, budget, self.agent.name().as_str())?;
+        let guards = Guards::new(&self.config.guards, budget, HANDLER_BREAKER)?;
         info!(
             agent = %self.agent.name(),
             subscribes = ?self.agent.subscribes().iter().map(|t| t.as_str()).collect::<Vec<_>>(),
