@@ -226,11 +226,7 @@ impl CircuitBreaker {
     pub fn state(&self) -> BreakerState {
         let mut inner = self.lock();
         self.half_open_if_due(&mut inner, Instant::now());
-        match inner.state {
-            State::Closed(_) => BreakerState::Closed,
-            State::Open { .. } => BreakerState::Open,
-            State::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
+        state_of(&inner.state)
     }
 
     /// How long until an open breaker half-opens; zero when it is not open.

@@ -613,6 +613,8 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
+        // Deliveries spent waiting on a breaker are not attempts (see deferrals.rs).
+        let attempts = self.deferrals.attempts(stream_sequence, delivered);
         let undecoded = Original {
             subject: message.subject.as_str(),
             payload: &message.payload,
@@ -629,7 +631,8 @@ impl<H: Handler> Worker<H> {
                     reason: DeadLetterReason::DecodeFailed,
                     error: err.to_string(),
                 };
-                self.settle(&message, undecoded, disposition).await;
+                self.settle(&message, undecoded, attempts, disposition)
+                    .await;
                 return;
             }
         };
@@ -643,7 +646,6 @@ impl<H: Handler> Worker<H> {
             depth = event.depth,
             delivery = delivered,
         );
-        let attempts = self.deferrals.attempts(stream_sequence, delivered);
         async {
             // Delivered more often than allowed without an answer: the agent has been dying
             // while handling it (a crash, an OOM kill). Do not try again.
@@ -658,7 +660,7 @@ impl<H: Handler> Worker<H> {
                     event: Some(&event),
                     ..undecoded
                 };
-                self.settle(&message, decoded, disposition).await;
+                self.settle(&message, decoded, attempts, disposition).await;
                 return;
             }
             if let Some(cycle) = &self.guards.cycle
@@ -668,7 +670,7 @@ impl<H: Handler> Worker<H> {
                     event: Some(&event),
                     ..undecoded
                 };
-                self.settle(&message, decoded, stop.into()).await;
+                self.settle(&message, decoded, attempts, stop.into()).await;
                 return;
             }
             if let Some(limiter) = &self.guards.handle_rate {
@@ -730,7 +732,7 @@ impl<H: Handler> Worker<H> {
                 event: Some(&incoming.event),
                 ..undecoded
             };
-            self.settle(&message, decoded, disposition).await;
+            self.settle(&message, decoded, attempts, disposition).await;
         }
         .instrument(span)
         .await;
@@ -742,11 +744,9 @@ impl<H: Handler> Worker<H> {
         &self,
         message: &jetstream::Message,
         original: Original<'_>,
+        attempts: u64,
         disposition: Disposition,
     ) {
-        let attempts = self
-            .deferrals
-            .attempts(original.stream_sequence, original.delivery_count);
         let disposition = match (disposition, original.event) {
             (Disposition::Publish(emits), Some(parent)) => {
                 match self.publish_children(parent, emits).await {
