@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use choreo_bus::dead_letter::DEAD_LETTERED;
 use choreo_bus::guard::{
     BreakerConfig, BreakerError, BudgetLimits, CircuitBreaker, CycleLimit, DepthLimit,
     GuardsConfig, RateLimit,
@@ -94,8 +95,16 @@ async fn storm(config: RuntimeConfig, tokens: u64) -> anyhow::Result<StormOutcom
     let bystander_run = bus.events("events.bystander.>").await?;
     assert_eq!(bystander_run.len(), 3, "the bystander's run is whole");
     assert_eq!(bystander_run[0].id, bystander.id);
+    // The stop is announced in the run, as a child of the event given up on.
+    let (notices, storm_run): (Vec<_>, Vec<_>) = bus
+        .events("events.storm.>")
+        .await?
+        .into_iter()
+        .partition(|e| e.r#type == DEAD_LETTERED);
+    assert_eq!(notices.len(), 1, "one announcement: {notices:?}");
+    assert_eq!(notices[0].causation_id, letter.event_id);
     Ok(StormOutcome {
-        storm_events: bus.events("events.storm.>").await?.len(),
+        storm_events: storm_run.len(),
         reason: letter.reason.clone(),
         error: letter.error.clone(),
         agent: letter.agent.clone(),

@@ -190,23 +190,34 @@ fn encode_uuid(uuid: &Uuid) -> String {
 /// hasher because the ids must not change between builds: a new release may be the one that
 /// handles the redelivery.
 pub fn child_event_id(parent: &Event, agent: &AgentName, index: usize) -> String {
-    let digest = Sha256::new()
-        .chain_update(parent.id.as_bytes())
-        .chain_update([0])
-        .chain_update(agent.as_str().as_bytes())
-        .chain_update([0])
-        .chain_update((index as u64).to_be_bytes())
-        .finalize();
-    let mut random = [0u8; 10];
-    random.copy_from_slice(&digest[..10]);
-    encode_uuid(
-        &uuid::Builder::from_unix_timestamp_millis(timestamp_millis_of(parent), &random)
-            .into_uuid(),
+    derived_event_id(
+        timestamp_millis_of(parent),
+        &[
+            parent.id.as_bytes(),
+            agent.as_str().as_bytes(),
+            &(index as u64).to_be_bytes(),
+        ],
     )
 }
 
+/// A UUIDv7 id with `millis` as its time and hash bits from `parts`: the same parts always
+/// give the same id. Parts are separated so ("ab", "c") and ("a", "bc") differ.
+pub fn derived_event_id(millis: u64, parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update([0]);
+        }
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    encode_uuid(&uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
+}
+
 /// The parent's time in milliseconds: from its UUIDv7 id when it has one, else its `time`.
-fn timestamp_millis_of(event: &Event) -> u64 {
+pub(crate) fn timestamp_millis_of(event: &Event) -> u64 {
     if let Ok(uuid) = Uuid::parse_str(&event.id)
         && let Some(ts) = uuid.get_timestamp()
     {
@@ -227,7 +238,11 @@ fn timestamp_millis_of(event: &Event) -> u64 {
 /// Builds the `index`-th child that `agent` emits while handling `parent`: same correlation,
 /// causation = parent id, depth + 1, trace context continued, `time` now.
 pub fn stamp_child(parent: &Event, agent: &AgentName, index: usize, emit: Emit) -> Event {
-    let id = child_event_id(parent, agent, index);
+    stamp_with_id(parent, agent, child_event_id(parent, agent, index), emit)
+}
+
+/// [`stamp_child`] with a chosen id, for the runtime's own notices about an event.
+pub(crate) fn stamp_with_id(parent: &Event, agent: &AgentName, id: String, emit: Emit) -> Event {
     let traceparent = TraceParent::parse(&parent.traceparent)
         .unwrap_or_else(|| TraceParent::root_for(&parent.correlation_id))
         .child_for(&id)

@@ -236,6 +236,20 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// Whether a NATS subject filter (`*` one token, `>` the rest) matches a subject.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for filter_token in filter.split('.') {
+        match (filter_token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (expected, Some(token)) if expected == token => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +305,17 @@ mod tests {
         );
         assert!(Namespace::new("Events").is_err());
         assert!(Namespace::new("1events").is_err());
+    }
+
+    #[test]
+    fn filters_match_subjects_as_nats_does() {
+        assert!(subject_matches("events.*.a.b", "events.c1.a.b"));
+        assert!(subject_matches("events.*.a.>", "events.c1.a.b.c"));
+        assert!(subject_matches("events.>", "events.c1.a"));
+        assert!(!subject_matches("events.*.a.>", "events.c1.a"));
+        assert!(!subject_matches("events.*.a", "events.c1.a.b"));
+        assert!(!subject_matches("events.*.a.b", "events.c1.a"));
+        assert!(!subject_matches("events.c2.>", "events.c1.a"));
     }
 
     #[test]

@@ -9,13 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
+use choreo_bus::log::{LogQuery, LogReader, LogRecord};
 use choreo_bus::{
     Agent, DeadLetter, Emit, Event, EventType, Handler, NatsConfig, Publisher, RootEvent, Runtime,
-    RuntimeConfig, StreamsConfig, ensure_streams, envelope, runtime::Backoff,
+    RuntimeConfig, StreamsConfig, ensure_streams, runtime::Backoff,
 };
 use choreo_local_nats::NatsServer;
-use futures::StreamExt;
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -77,7 +77,7 @@ impl Bus {
         self.raw("EVENTS", filter)
             .await?
             .into_iter()
-            .map(|message| Ok(envelope::decode(&message.payload)?))
+            .map(|record| Ok(record.decode()?))
             .collect()
     }
 
@@ -86,39 +86,20 @@ impl Bus {
         self.raw("DEADLETTERS", "dlq.>")
             .await?
             .into_iter()
-            .map(|message| Ok(DeadLetter::decode(message.payload)?))
+            .map(|record| Ok(DeadLetter::decode(record.payload)?))
             .collect()
     }
 
-    /// The raw messages of `stream` on `filter`, read with an ordered consumer.
-    pub async fn raw(
-        &self,
-        stream: &str,
-        filter: &str,
-    ) -> anyhow::Result<Vec<async_nats::Message>> {
-        let stream = self.jetstream.get_stream(stream).await?;
-        let mut consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter.to_string(),
-                ..Default::default()
-            })
-            .await?;
-        let pending = consumer.info().await?.num_pending;
+    /// The records of `stream` on `filter`, in order.
+    pub async fn raw(&self, stream: &str, filter: &str) -> anyhow::Result<Vec<LogRecord>> {
+        let mut reader =
+            LogReader::open(&self.jetstream, stream, LogQuery::filtered(filter)).await?;
         let mut out = Vec::new();
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = tokio::time::timeout(PATIENCE, messages.next())
+        while let Some(record) = tokio::time::timeout(PATIENCE, reader.next())
             .await
-            .context("ordered read stalled")?
+            .context("ordered read stalled")??
         {
-            let message = message?;
-            let remaining = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
-            out.push(message.message);
-            if remaining == 0 {
-                break;
-            }
+            out.push(record);
         }
         Ok(out)
     }

@@ -56,7 +56,7 @@ pub use agent::{
 pub use config::{Backoff, RuntimeConfig};
 pub use disposition::{Disposition, decide};
 
-use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original};
+use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original, REDRIVE_FOR};
 use crate::envelope::{self, Emit, RootEvent, stamp_child};
 use crate::guard::{
     BreakerState, BudgetError, CircuitBreaker, CorrelationBudget, Guards, Stop, Transition,
@@ -613,6 +613,17 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
+        // A redrive is for the one agent that gave up on the event; the others handled it.
+        if let Some(target) = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(REDRIVE_FOR))
+            && target.as_str() != self.agent.name().as_str()
+        {
+            debug!(agent = %self.agent.name(), redrive_for = target.as_str(), "redrive for another agent; skipped");
+            ack(&message, AckKind::Ack).await;
+            return;
+        }
         // Deliveries spent waiting on a breaker are not attempts (see deferrals.rs).
         let attempts = self.deferrals.attempts(stream_sequence, delivered);
         let undecoded = Original {

@@ -1,0 +1,273 @@
+//! Reading the log: a stream read in order from a chosen point, with an ordered consumer.
+//!
+//! Every tool that looks back (projections, `choreo trace`, `replay`, `state`, `dlq`) reads
+//! through [`LogReader`]. A read is server-side filtered by subject (a run's trace reads
+//! `<ns>.<correlation>.>` and nothing else) and, unless it is [`Until::Live`], ends where the
+//! stream ended when the read began, so a replay of a busy stream finishes.
+//!
+//! Times are the stream's own: when the server stored the message. They only grow along the
+//! log, so "as of 10:42" means "what the log held at 10:42", whatever clocks the publishers had.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull},
+    stream::ConsumerErrorKind,
+};
+use bytes::Bytes;
+use choreo_proto::v1::Event;
+use futures::StreamExt;
+use time::OffsetDateTime;
+
+use crate::envelope::{self, DecodeError};
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum From {
+    /// The first message the stream still holds.
+    #[default]
+    Start,
+    /// This stream sequence (or the next one the stream holds).
+    Sequence(u64),
+    /// The first message stored at or after this time.
+    Time(OffsetDateTime),
+    /// Only messages stored after the read begins.
+    Now,
+}
+
+/// Where a read stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Until {
+    /// Where the stream ended when the read began.
+    #[default]
+    End,
+    /// The last message at or before this sequence (or the end, if sooner).
+    Sequence(u64),
+    /// The last message stored at or before this time (or the end, if sooner).
+    Time(OffsetDateTime),
+    /// Never: keep reading as messages arrive.
+    Live,
+}
+
+/// What to read from a stream.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Subject filters; empty reads everything.
+    pub filters: Vec<String>,
+    pub from: From,
+    pub until: Until,
+}
+
+impl LogQuery {
+    pub fn filtered(filter: impl Into<String>) -> Self {
+        LogQuery {
+            filters: vec![filter.into()],
+            ..LogQuery::default()
+        }
+    }
+
+    pub fn from(mut self, from: From) -> Self {
+        self.from = from;
+        self
+    }
+
+    pub fn until(mut self, until: Until) -> Self {
+        self.until = until;
+        self
+    }
+}
+
+/// One message of the log, as stored.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub sequence: u64,
+    /// When the server stored it.
+    pub time: OffsetDateTime,
+    pub subject: String,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+}
+
+impl LogRecord {
+    /// The envelope, for records of an events stream.
+    pub fn decode(&self) -> Result<Event, DecodeError> {
+        envelope::decode(&self.payload)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str())
+    }
+}
+
+/// Why the log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "stream {stream} does not exist: nothing has been published in this namespace yet, \
+         or the streams were never set up (`choreo streams ensure`)"
+    )]
+    NoStream { stream: String },
+    #[error("could not read stream {stream}: {detail}")]
+    Unavailable { stream: String, detail: String },
+}
+
+impl LogError {
+    /// Whether trying again may help: the server may be back.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Unavailable { .. })
+    }
+}
+
+/// A read in progress. Call [`LogReader::next`] until it returns `None`.
+pub struct LogReader {
+    stream: String,
+    messages: Option<pull::Ordered>,
+    /// Messages the read will return at most, when it has an end.
+    expected: Option<u64>,
+    read: u64,
+    until: Until,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("stream", &self.stream)
+            .field("expected", &self.expected)
+            .field("read", &self.read)
+            .field("until", &self.until)
+            .finish()
+    }
+}
+
+impl LogReader {
+    /// Starts reading `stream`.
+    ///
+    /// ```no_run
+    /// # async fn demo(jetstream: async_nats::jetstream::Context) -> Result<(), Box<dyn std::error::Error>> {
+    /// use choreo_bus::log::{LogQuery, LogReader};
+    /// let mut reader = LogReader::open(&jetstream, "EVENTS", LogQuery::filtered("events.run-1.>")).await?;
+    /// while let Some(record) = reader.next().await? {
+    ///     println!("{} {}", record.sequence, record.subject);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(
+        jetstream: &jetstream::Context,
+        stream: &str,
+        query: LogQuery,
+    ) -> Result<Self, LogError> {
+        let unavailable = |detail: String| LogError::Unavailable {
+            stream: stream.to_string(),
+            detail,
+        };
+        let handle = jetstream
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|err| unavailable(err.to_string()))?;
+        let deliver_policy = match query.from {
+            From::Start => DeliverPolicy::All,
+            From::Sequence(start_sequence) => DeliverPolicy::ByStartSequence {
+                start_sequence: start_sequence.max(1),
+            },
+            From::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
+            From::Now => DeliverPolicy::New,
+        };
+        let (filter_subject, filter_subjects) = match query.filters.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        let consumer = handle
+            .create_consumer(pull::OrderedConfig {
+                filter_subject,
+                filter_subjects,
+                deliver_policy,
+                ..pull::OrderedConfig::default()
+            })
+            .await
+            .map_err(|err| match err.kind() {
+                ConsumerErrorKind::JetStream(server)
+                    if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    LogError::NoStream {
+                        stream: stream.to_string(),
+                    }
+                }
+                _ => unavailable(err.to_string()),
+            })?;
+        let expected = match query.until {
+            Until::Live => None,
+            _ => Some(consumer.cached_info().num_pending),
+        };
+        let messages = if expected == Some(0) {
+            None
+        } else {
+            Some(
+                consumer
+                    .messages()
+                    .await
+                    .map_err(|err| unavailable(err.to_string()))?,
+            )
+        };
+        Ok(LogReader {
+            stream: stream.to_string(),
+            messages,
+            expected,
+            read: 0,
+            until: query.until,
+        })
+    }
+
+    /// How many records the read returns at most: the matching messages the stream held when
+    /// the read began. `None` for a live read.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
+    /// The next record, or `None` at the end of the read.
+    pub async fn next(&mut self) -> Result<Option<LogRecord>, LogError> {
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(None);
+        };
+        let Some(next) = messages.next().await else {
+            self.messages = None;
+            return Ok(None);
+        };
+        let message = next.map_err(|err| LogError::Unavailable {
+            stream: self.stream.clone(),
+            detail: err.to_string(),
+        })?;
+        let info = message.info().map_err(|err| LogError::Unavailable {
+            stream: self.stream.clone(),
+            detail: err.to_string(),
+        })?;
+        let (sequence, time, pending) = (info.stream_sequence, info.published, info.pending);
+        let past_the_end = match self.until {
+            Until::Sequence(last) => sequence > last,
+            Until::Time(last) => time > last,
+            Until::End | Until::Live => false,
+        };
+        if past_the_end {
+            self.messages = None;
+            return Ok(None);
+        }
+        self.read += 1;
+        // Stop at the end as it was when the read began, or sooner if messages went away
+        // (expired, deleted) meanwhile: nothing pending means nothing left to read.
+        if self.until != Until::Live
+            && (pending == 0 || self.expected.is_some_and(|expected| self.read >= expected))
+        {
+            self.messages = None;
+        }
+        let message = message.split().0;
+        Ok(Some(LogRecord {
+            sequence,
+            time,
+            subject: message.subject.to_string(),
+            headers: message.headers,
+            payload: message.payload,
+        }))
+    }
+}

@@ -1,0 +1,529 @@
+//! The run board: one line per run (correlation), folded from the events stream.
+//!
+//! For each run: when it started and last moved, its root event, how many events and LLM
+//! tokens it used, which types it emitted, which agent emitted what from which input, and its
+//! dead letters (from the `choreo.dead_lettered` events the runtime publishes into the run),
+//! marked resolved once redriven.
+//!
+//! Whether a run is still *pending* depends on something the log does not hold: which agents
+//! subscribe to its events and how far each has acknowledged. [`RunBoard::view`] takes those
+//! from the agents' durable consumers ([`AgentPosition`], read with [`agent_positions`]). A
+//! run is:
+//! - **failed** while it has a dead letter not redriven;
+//! - **pending** while an agent whose subscription matches one of its events has not
+//!   acknowledged it;
+//! - **complete** otherwise.
+//!
+//! For a point in the past the consumers can only be read as they are now, so an event that an
+//! agent handled *after* that point without publishing anything counts as handled.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_nats::jetstream;
+use choreo_proto::v1::Event;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::Projection;
+use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_OF};
+use crate::envelope;
+use crate::log::LogRecord;
+use crate::names::{Namespace, subject_matches};
+
+/// Every run seen in the log, by correlation id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunBoard {
+    runs: HashMap<String, Run>,
+}
+
+/// One run, as folded from its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub correlation_id: String,
+    /// The type and source of the first event seen in the run.
+    pub root_type: String,
+    pub root_source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_event: OffsetDateTime,
+    /// Events stored (a redriven copy is not a new event).
+    pub events: u64,
+    /// LLM tokens reported by the events' handlers.
+    pub tokens: u64,
+    /// Per type: how many, and the stream sequence of the last (what agents must acknowledge).
+    pub types: BTreeMap<String, TypeCount>,
+    /// Per agent: what it emitted, by the input type it was handling.
+    pub agents: BTreeMap<String, AgentWork>,
+    pub dead_letters: Vec<RunDeadLetter>,
+    /// Event id hash -> index into `type_names`: a child's cause may be any earlier event.
+    seen: HashMap<u64, u32>,
+    type_names: Vec<String>,
+    /// (cause, agent) hashes already counted as one handling.
+    handlings: HashSet<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeCount {
+    pub count: u64,
+    pub last_sequence: u64,
+}
+
+/// What one agent did in a run, as the log shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentWork {
+    /// Inputs it handled that led to events, by input type.
+    pub handled: BTreeMap<String, u64>,
+    /// Events it emitted, by type.
+    pub emitted: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDeadLetter {
+    #[serde(flatten)]
+    pub notice: DeadLetterNotice,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Redriven since: the run no longer counts it as failed.
+    pub redriven: bool,
+}
+
+/// How far one agent's durable consumer has acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentPosition {
+    pub agent: String,
+    pub filters: Vec<String>,
+    /// Every message matching the filters up to this stream sequence is acknowledged.
+    pub ack_floor: u64,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Agents still have events of the run to handle.
+    Pending {
+        waiting_on: Vec<String>,
+    },
+    Complete,
+    /// Dead letters not redriven.
+    Failed {
+        dead_letters: u64,
+    },
+}
+
+impl RunStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunStatus::Pending { .. } => "pending",
+            RunStatus::Complete => "complete",
+            RunStatus::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A run with its status, ready to show.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView<'a> {
+    #[serde(flatten)]
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub run: &'a Run,
+}
+
+impl Projection for RunBoard {
+    const NAME: &'static str = "run-board-v1";
+
+    fn apply(&mut self, event: &Event, record: &LogRecord) {
+        let run = self
+            .runs
+            .entry(event.correlation_id.clone())
+            .or_insert_with(|| Run::new(event, record.time));
+        run.apply(event, record);
+    }
+}
+
+impl RunBoard {
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn run(&self, correlation_id: &str) -> Option<&Run> {
+        self.runs.get(correlation_id)
+    }
+
+    /// Every run with its status, oldest first.
+    pub fn view<'a>(&'a self, namespace: &Namespace, agents: &[AgentPosition]) -> Vec<RunView<'a>> {
+        let mut views: Vec<RunView<'a>> = self
+            .runs
+            .values()
+            .map(|run| RunView {
+                status: run.status(namespace, agents),
+                run,
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (a.run.started, &a.run.correlation_id).cmp(&(b.run.started, &b.run.correlation_id))
+        });
+        views
+    }
+}
+
+impl Run {
+    fn new(first: &Event, time: OffsetDateTime) -> Self {
+        Run {
+            correlation_id: first.correlation_id.clone(),
+            root_type: first.r#type.clone(),
+            root_source: first.source.clone(),
+            started: time,
+            last_event: time,
+            events: 0,
+            tokens: 0,
+            types: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            dead_letters: Vec::new(),
+            seen: HashMap::new(),
+            type_names: Vec::new(),
+            handlings: HashSet::new(),
+        }
+    }
+
+    fn apply(&mut self, event: &Event, record: &LogRecord) {
+        self.last_event = record.time;
+        let counts = self.types.entry(event.r#type.clone()).or_default();
+        counts.last_sequence = record.sequence;
+        let id = stable_hash(&[event.id.as_bytes()]);
+        if let Some(dead_letter) = record
+            .header(REDRIVE_OF)
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            for letter in &mut self.dead_letters {
+                if letter.notice.dead_letter_sequence == dead_letter {
+                    letter.redriven = true;
+                }
+            }
+        }
+        if self.seen.contains_key(&id) {
+            // A redriven copy, or a republish after the duplicate window: not a new event.
+            return;
+        }
+        counts.count += 1;
+        self.events += 1;
+        self.tokens += event.tokens_used;
+        let type_index = self.type_index(&event.r#type);
+        self.seen.insert(id, type_index);
+
+        if event.causation_id.is_empty() {
+            return;
+        }
+        let cause_type = self
+            .seen
+            .get(&stable_hash(&[event.causation_id.as_bytes()]))
+            .and_then(|index| self.type_names.get(*index as usize))
+            .cloned();
+        let work = self.agents.entry(event.source.clone()).or_default();
+        if event.r#type == DEAD_LETTERED {
+            if let Ok(notice) = envelope::json_data::<DeadLetterNotice>(event) {
+                work.dead_lettered += 1;
+                self.dead_letters.push(RunDeadLetter {
+                    notice,
+                    time: record.time,
+                    redriven: false,
+                });
+            }
+            return;
+        }
+        *work.emitted.entry(event.r#type.clone()).or_default() += 1;
+        let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
+        if let Some(cause_type) = cause_type
+            && self.handlings.insert(handling)
+        {
+            *work.handled.entry(cause_type).or_default() += 1;
+        }
+    }
+
+    fn type_index(&mut self, event_type: &str) -> u32 {
+        match self.type_names.iter().position(|t| t == event_type) {
+            Some(index) => index as u32,
+            None => {
+                self.type_names.push(event_type.to_string());
+                (self.type_names.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Dead letters not redriven.
+    pub fn open_dead_letters(&self) -> impl Iterator<Item = &RunDeadLetter> {
+        self.dead_letters.iter().filter(|letter| !letter.redriven)
+    }
+
+    /// Where the run stands, given how far each agent has acknowledged.
+    pub fn status(&self, namespace: &Namespace, agents: &[AgentPosition]) -> RunStatus {
+        let open = self.open_dead_letters().count() as u64;
+        if open > 0 {
+            return RunStatus::Failed { dead_letters: open };
+        }
+        let mut waiting_on: Vec<String> = agents
+            .iter()
+            .filter(|agent| {
+                self.types.iter().any(|(event_type, counts)| {
+                    let subject = namespace.event_subject(&self.correlation_id, event_type);
+                    counts.last_sequence > agent.ack_floor
+                        && agent.filters.iter().any(|f| subject_matches(f, &subject))
+                })
+            })
+            .map(|agent| agent.agent.clone())
+            .collect();
+        waiting_on.sort();
+        waiting_on.dedup();
+        if waiting_on.is_empty() {
+            RunStatus::Complete
+        } else {
+            RunStatus::Pending { waiting_on }
+        }
+    }
+}
+
+/// FNV-1a: the board's id hashes are kept in snapshots, so they must not change between
+/// builds or processes (std's hasher promises neither).
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xff)) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// How far each agent of `namespace` has acknowledged: its durable consumers on the events
+/// stream (one per agent, named after it).
+pub async fn agent_positions(
+    jetstream: &jetstream::Context,
+    namespace: &Namespace,
+) -> Result<Vec<AgentPosition>, crate::log::LogError> {
+    let unavailable = |err: &dyn std::fmt::Display| crate::log::LogError::Unavailable {
+        stream: namespace.stream_name(),
+        detail: err.to_string(),
+    };
+    let stream = jetstream
+        .get_stream_no_info(namespace.stream_name())
+        .await
+        .map_err(|err| unavailable(&err))?;
+    let infos: Vec<_> = stream
+        .consumers()
+        .try_collect()
+        .await
+        .map_err(|err| unavailable(&err))?;
+    Ok(infos
+        .into_iter()
+        .filter(|info| info.config.durable_name.is_some())
+        .map(|info| {
+            let mut filters = info.config.filter_subjects.clone();
+            if !info.config.filter_subject.is_empty() {
+                filters.push(info.config.filter_subject.clone());
+            }
+            if filters.is_empty() {
+                filters.push(namespace.all_events());
+            }
+            AgentPosition {
+                agent: info.name,
+                filters,
+                ack_floor: info.ack_floor.stream_sequence,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Emit, RootEvent, stamp_child};
+    use crate::names::{AgentName, EventType};
+    use crate::projection::Folded;
+
+    fn record(sequence: u64, event: &Event) -> LogRecord {
+        LogRecord {
+            sequence,
+            time: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(sequence as i64),
+            subject: Namespace::default().event_subject(&event.correlation_id, &event.r#type),
+            headers: None,
+            payload: prost::Message::encode_to_vec(event).into(),
+        }
+    }
+
+    fn emit(event_type: &str) -> Emit {
+        Emit::json(
+            EventType::new(event_type).expect("type"),
+            &serde_json::json!({}),
+        )
+        .expect("json")
+    }
+
+    fn root(correlation: &str) -> Event {
+        RootEvent::new(emit("count.requested"), "cli")
+            .with_correlation_id(correlation)
+            .into_event()
+            .expect("valid")
+    }
+
+    fn agent(name: &str) -> AgentName {
+        AgentName::new(name).expect("name")
+    }
+
+    fn position(agent: &str, filter: &str, ack_floor: u64) -> AgentPosition {
+        AgentPosition {
+            agent: agent.to_string(),
+            filters: vec![filter.to_string()],
+            ack_floor,
+        }
+    }
+
+    fn dead_letter_notice(parent: &Event, agent_name: &str, dead_letter_sequence: u64) -> Event {
+        let notice = DeadLetterNotice {
+            agent: agent_name.to_string(),
+            reason: "handler_failed".to_string(),
+            error: "boom".to_string(),
+            event_id: parent.id.clone(),
+            event_type: parent.r#type.clone(),
+            delivery_count: 3,
+            original_sequence: 1,
+            dead_letter_sequence,
+        };
+        let emit = Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json");
+        stamp_child(parent, &agent(agent_name), 99, emit)
+    }
+
+    #[test]
+    fn a_run_counts_events_tokens_and_who_handled_what() {
+        let mut board = Folded::<RunBoard>::default();
+        let root = root("run-1");
+        let done = stamp_child(
+            &root,
+            &agent("counter"),
+            0,
+            emit("count.done").tokens_used(40),
+        );
+        let extra = stamp_child(
+            &root,
+            &agent("counter"),
+            1,
+            emit("count.done").tokens_used(2),
+        );
+        board.apply(&record(1, &root));
+        board.apply(&record(2, &done));
+        board.apply(&record(3, &extra));
+
+        let run = board.state.run("run-1").expect("run");
+        assert_eq!(run.events, 3);
+        assert_eq!(run.tokens, 42);
+        assert_eq!(run.root_type, "count.requested");
+        assert_eq!(
+            run.types["count.done"],
+            TypeCount {
+                count: 2,
+                last_sequence: 3
+            }
+        );
+        let counter = &run.agents["counter"];
+        // Two events from one input are one handling.
+        assert_eq!(counter.handled["count.requested"], 1);
+        assert_eq!(counter.emitted["count.done"], 2);
+        assert_eq!(board.position.sequence, 3);
+    }
+
+    #[test]
+    fn a_run_is_pending_until_every_subscribed_agent_has_acknowledged_it() {
+        let mut board = Folded::<RunBoard>::default();
+        let root = root("run-1");
+        let done = stamp_child(&root, &agent("counter"), 0, emit("count.done"));
+        board.apply(&record(1, &root));
+        board.apply(&record(2, &done));
+        let ns = Namespace::default();
+        let run = board.state.run("run-1").expect("run");
+
+        let agents = [
+            position("counter", "events.*.count.requested", 1),
+            position("reporter", "events.*.count.done", 1),
+            position("bystander", "events.*.other", 0),
+        ];
+        assert_eq!(
+            run.status(&ns, &agents),
+            RunStatus::Pending {
+                waiting_on: vec!["reporter".to_string()]
+            }
+        );
+        let agents = [
+            position("counter", "events.*.count.requested", 1),
+            position("reporter", "events.*.count.done", 2),
+        ];
+        assert_eq!(run.status(&ns, &agents), RunStatus::Complete);
+    }
+
+    #[test]
+    fn a_dead_letter_fails_the_run_until_it_is_redriven() {
+        let mut board = Folded::<RunBoard>::default();
+        let root = root("run-1");
+        board.apply(&record(1, &root));
+        board.apply(&record(2, &dead_letter_notice(&root, "counter", 7)));
+        let ns = Namespace::default();
+        let agents = [position("counter", "events.*.count.requested", 2)];
+        let run = board.state.run("run-1").expect("run");
+        assert_eq!(
+            run.status(&ns, &agents),
+            RunStatus::Failed { dead_letters: 1 }
+        );
+        assert_eq!(run.agents["counter"].dead_lettered, 1);
+        assert_eq!(run.dead_letters[0].notice.reason, "handler_failed");
+
+        // The redriven copy: same event, new sequence, marked as the redrive of letter 7.
+        let mut copy = record(3, &root);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(REDRIVE_OF, "7");
+        copy.headers = Some(headers);
+        board.apply(&copy);
+        let run = board.state.run("run-1").expect("run");
+        assert_eq!(run.events, 2, "a redriven copy is not a new event");
+        assert!(run.dead_letters[0].redriven);
+        assert_eq!(
+            run.status(&ns, &agents),
+            RunStatus::Pending {
+                waiting_on: vec!["counter".to_string()]
+            },
+            "the copy waits for the agent"
+        );
+        let agents = [position("counter", "events.*.count.requested", 3)];
+        assert_eq!(run.status(&ns, &agents), RunStatus::Complete);
+    }
+
+    #[test]
+    fn a_snapshot_resumes_to_the_same_state_as_a_full_rebuild() {
+        let root = root("run-1");
+        let done = stamp_child(&root, &agent("counter"), 0, emit("count.done"));
+        let after = stamp_child(&done, &agent("reporter"), 0, emit("report.written"));
+        let records = [record(1, &root), record(2, &done), record(3, &after)];
+
+        let mut full = Folded::<RunBoard>::default();
+        records.iter().for_each(|r| full.apply(r));
+
+        let mut first = Folded::<RunBoard>::default();
+        records[..2].iter().for_each(|r| first.apply(r));
+        let json = serde_json::to_vec(&first).expect("serialize");
+        let mut resumed: Folded<RunBoard> = serde_json::from_slice(&json).expect("deserialize");
+        // Overlapping records are skipped, so resuming from an earlier point is harmless.
+        records.iter().for_each(|r| resumed.apply(r));
+
+        assert_eq!(resumed.state, full.state);
+        assert_eq!(resumed.position, full.position);
+        let run = resumed.state.run("run-1").expect("run");
+        assert_eq!(run.events, 3);
+        assert_eq!(run.agents["reporter"].handled["count.done"], 1);
+    }
+}
