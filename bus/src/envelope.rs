@@ -88,6 +88,8 @@ pub struct RootEvent {
     pub correlation_id: Option<String>,
     /// The caller's W3C trace context, if it has one.
     pub traceparent: Option<String>,
+    /// When it happened, if the caller says (a CloudEvent's `time`). Now when `None`.
+    pub time: Option<SystemTime>,
 }
 
 impl RootEvent {
@@ -98,7 +100,13 @@ impl RootEvent {
             id: None,
             correlation_id: None,
             traceparent: None,
+            time: None,
         }
+    }
+
+    pub fn with_time(mut self, time: impl Into<SystemTime>) -> Self {
+        self.time = Some(time.into());
+        self
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
@@ -156,7 +164,7 @@ impl RootEvent {
             id,
             r#type: self.emit.event_type.to_string(),
             source: self.source,
-            time: Some(SystemTime::now().into()),
+            time: Some(self.time.unwrap_or_else(SystemTime::now).into()),
             correlation_id,
             causation_id: String::new(),
             depth: 0,

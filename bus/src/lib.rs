@@ -22,6 +22,7 @@
 //! subscribed agent's [`Runtime`] hands it to a [`Handler`], which returns [`Emit`]s; the runtime
 //! stamps and publishes them as children; and so on until no agent reacts.
 
+pub mod cloudevents;
 pub mod connect;
 pub mod dead_letter;
 pub mod envelope;
@@ -36,6 +37,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
+pub mod trace;
 
 pub use choreo_proto::v1::{DeadLetter, Event};
 pub use connect::{InitialConnect, NatsConfig};

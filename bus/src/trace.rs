@@ -1,0 +1,297 @@
+//! One run as a causation tree, read from the log.
+//!
+//! [`RunTrace::read`] reads the run's subjects (`<ns>.<correlation>.>`) and nothing else, so
+//! its cost is the run's size, not the stream's. Each event becomes a [`TraceNode`] under the
+//! event that caused it, with its outcome: which agents reacted (published children), which
+//! gave up on it (the runtime's `choreo.dead_lettered` notices, folded into the node rather
+//! than shown as children), and, given the agents' consumer positions, which acknowledged it
+//! without publishing anything and which have yet to.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use choreo_proto::v1::Event;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_FOR, REDRIVE_OF};
+use crate::envelope;
+use crate::log::{LogError, LogQuery, LogReader, LogRecord};
+use crate::names::{Namespace, subject_matches, validate_id};
+use crate::projection::run_board::AgentPosition;
+
+/// One run's events as a tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunTrace {
+    pub namespace: String,
+    pub correlation_id: String,
+    /// Every event of the run in stream order; `roots` and `children` index into it.
+    pub nodes: Vec<TraceNode>,
+    pub roots: Vec<usize>,
+    /// Messages read to build it: the run's own.
+    pub messages_read: u64,
+}
+
+/// One event of a run, with what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceNode {
+    pub sequence: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub stored: OffsetDateTime,
+    /// Since the run's first event was stored.
+    #[serde(serialize_with = "millis")]
+    pub offset: Duration,
+    #[serde(serialize_with = "event_json")]
+    pub event: Event,
+    pub children: Vec<usize>,
+    /// Agents that published children of it.
+    pub handled_by: BTreeSet<String>,
+    /// Subscribed agents that acknowledged it without publishing anything.
+    pub acknowledged_by: BTreeSet<String>,
+    /// Subscribed agents that have not acknowledged it yet.
+    pub waiting_on: BTreeSet<String>,
+    pub dead_letters: Vec<DeadLetterNotice>,
+    /// Set on a redriven copy: the dead letter it came from and the agent it is for.
+    pub redrive: Option<Redrive>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redrive {
+    pub dead_letter_sequence: u64,
+    pub agent: String,
+}
+
+fn millis<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(duration.as_secs_f64() * 1000.0)
+}
+
+fn event_json<S: serde::Serializer>(event: &Event, s: S) -> Result<S::Ok, S::Error> {
+    crate::cloudevents::to_json(event).serialize(s)
+}
+
+/// Why a trace could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(
+        "no run {correlation_id} in namespace {namespace}: check the id (`choreo state` lists \
+         runs) and the namespace"
+    )]
+    UnknownRun {
+        namespace: String,
+        correlation_id: String,
+    },
+    #[error(transparent)]
+    Invalid(#[from] crate::names::ValidationError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl TraceError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TraceError::Log(err) if err.is_retryable())
+    }
+}
+
+impl RunTrace {
+    /// Reads run `correlation_id` of `namespace` from its events stream. `agents` (from
+    /// [`agent_positions`](crate::projection::run_board::agent_positions)) adds who
+    /// acknowledged each event and who has yet to; pass `&[]` to leave that out.
+    pub async fn read(
+        jetstream: &jetstream::Context,
+        namespace: &Namespace,
+        correlation_id: &str,
+        agents: &[AgentPosition],
+    ) -> Result<Self, TraceError> {
+        validate_id("correlation_id", correlation_id)?;
+        let mut reader = LogReader::open(
+            jetstream,
+            &namespace.stream_name(),
+            LogQuery::filtered(namespace.correlation_filter(correlation_id)),
+        )
+        .await?;
+        let mut records = Vec::new();
+        while let Some(record) = reader.next().await? {
+            records.push(record);
+        }
+        if records.is_empty() {
+            return Err(TraceError::UnknownRun {
+                namespace: namespace.to_string(),
+                correlation_id: correlation_id.to_string(),
+            });
+        }
+        Ok(Self::from_records(namespace, correlation_id, &records, agents))
+    }
+
+    /// Builds the tree from a run's records in stream order.
+    pub fn from_records(
+        namespace: &Namespace,
+        correlation_id: &str,
+        records: &[LogRecord],
+        agents: &[AgentPosition],
+    ) -> Self {
+        let mut trace = RunTrace {
+            namespace: namespace.to_string(),
+            correlation_id: correlation_id.to_string(),
+            nodes: Vec::new(),
+            roots: Vec::new(),
+            messages_read: records.len() as u64,
+        };
+        let Some(first) = records.first() else {
+            return trace;
+        };
+        let start = first.time;
+        let mut by_id: HashMap<String, usize> = HashMap::new();
+        for record in records {
+            let Ok(event) = record.decode() else {
+                continue;
+            };
+            let parent = by_id.get(&event.causation_id).copied();
+            if event.r#type == DEAD_LETTERED
+                && let Some(parent) = parent
+                && let Ok(notice) = envelope::json_data::<DeadLetterNotice>(&event)
+            {
+                trace.nodes[parent].dead_letters.push(notice);
+                continue;
+            }
+            let redrive = match (record.header(REDRIVE_OF), record.header(REDRIVE_FOR)) {
+                (Some(of), Some(agent)) => of.parse().ok().map(|dead_letter_sequence| Redrive {
+                    dead_letter_sequence,
+                    agent: agent.to_string(),
+                }),
+                _ => None,
+            };
+            let subject = record.subject.as_str();
+            let (acknowledged_by, waiting_on) = agents
+                .iter()
+                .filter(|agent| agent.filters.iter().any(|f| subject_matches(f, subject)))
+                .filter(|agent| {
+                    redrive.as_ref().is_none_or(|r| r.agent == agent.agent)
+                })
+                .partition::<Vec<_>, _>(|agent| agent.ack_floor >= record.sequence);
+            let index = trace.nodes.len();
+            if let Some(parent) = parent {
+                trace.nodes[parent].children.push(index);
+                trace.nodes[parent].handled_by.insert(event.source.clone());
+            } else {
+                trace.roots.push(index);
+            }
+            if redrive.is_none() {
+                by_id.insert(event.id.clone(), index);
+            }
+            trace.nodes.push(TraceNode {
+                sequence: record.sequence,
+                stored: record.time,
+                offset: Duration::try_from(record.time - start).unwrap_or_default(),
+                event,
+                children: Vec::new(),
+                handled_by: BTreeSet::new(),
+                acknowledged_by: acknowledged_by.into_iter().map(|a| a.agent.clone()).collect(),
+                waiting_on: waiting_on.into_iter().map(|a| a.agent.clone()).collect(),
+                dead_letters: Vec::new(),
+                redrive,
+            });
+        }
+        for node in &mut trace.nodes {
+            let handled_by = node.handled_by.clone();
+            node.acknowledged_by.retain(|agent| !handled_by.contains(agent));
+        }
+        trace
+    }
+
+    /// Events of the run (the runtime's dead-letter notices are outcomes, not events here).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The nodes in tree order (each after its parent, siblings in stream order), with depth.
+    pub fn walk(&self) -> Vec<(usize, usize)> {
+        let mut order = Vec::with_capacity(self.nodes.len());
+        let mut stack: Vec<(usize, usize)> = self.roots.iter().rev().map(|&r| (r, 0)).collect();
+        while let Some((index, level)) = stack.pop() {
+            order.push((index, level));
+            for &child in self.nodes[index].children.iter().rev() {
+                stack.push((child, level + 1));
+            }
+        }
+        order
+    }
+
+    /// Whether any event of the run was given up on.
+    pub fn dead_letter_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.dead_letters.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Emit, RootEvent, stamp_child};
+    use crate::names::{AgentName, EventType};
+
+    fn record(sequence: u64, event: &Event) -> LogRecord {
+        LogRecord {
+            sequence,
+            time: OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(sequence as i64 * 10),
+            subject: Namespace::default().event_subject(&event.correlation_id, &event.r#type),
+            headers: None,
+            payload: prost::Message::encode_to_vec(event).into(),
+        }
+    }
+
+    fn emit(event_type: &str) -> Emit {
+        Emit::json(EventType::new(event_type).expect("type"), &serde_json::json!({"n": 1}))
+            .expect("json")
+    }
+
+    #[test]
+    fn a_run_becomes_a_tree_with_outcomes() {
+        let ns = Namespace::default();
+        let root = RootEvent::new(emit("a.requested"), "cli")
+            .with_correlation_id("run-1")
+            .into_event()
+            .expect("valid");
+        let counter = AgentName::new("counter").expect("name");
+        let b = stamp_child(&root, &counter, 0, emit("b.done"));
+        let c = stamp_child(&b, &AgentName::new("relay").expect("name"), 0, emit("c.done"));
+        let notice = DeadLetterNotice {
+            agent: "sink".into(),
+            reason: "handler_failed".into(),
+            error: "boom".into(),
+            event_id: c.id.clone(),
+            event_type: c.r#type.clone(),
+            delivery_count: 3,
+            original_sequence: 3,
+            dead_letter_sequence: 1,
+        };
+        let notice_event = stamp_child(
+            &c,
+            &AgentName::new("sink").expect("name"),
+            0,
+            Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json"),
+        );
+        let records = [record(1, &root), record(2, &b), record(3, &c), record(4, &notice_event)];
+        let agents = [
+            AgentPosition { agent: "counter".into(), filters: vec!["events.*.a.requested".into()], ack_floor: 4 },
+            AgentPosition { agent: "audit".into(), filters: vec!["events.*.b.done".into()], ack_floor: 4 },
+            AgentPosition { agent: "late".into(), filters: vec!["events.*.b.done".into()], ack_floor: 1 },
+        ];
+        let trace = RunTrace::from_records(&ns, "run-1", &records, &agents);
+
+        assert_eq!(trace.len(), 3, "the notice is an outcome, not an event");
+        assert_eq!(trace.messages_read, 4);
+        assert_eq!(trace.roots, vec![0]);
+        assert_eq!(trace.walk(), vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(trace.nodes[0].handled_by, BTreeSet::from(["counter".to_string()]));
+        assert!(trace.nodes[0].acknowledged_by.is_empty(), "counter published, so it handled");
+        assert_eq!(trace.nodes[1].acknowledged_by, BTreeSet::from(["audit".to_string()]));
+        assert_eq!(trace.nodes[1].waiting_on, BTreeSet::from(["late".to_string()]));
+        assert_eq!(trace.nodes[2].dead_letters, vec![notice]);
+        assert_eq!(trace.nodes[2].offset, Duration::from_millis(20));
+        assert_eq!(trace.dead_letter_count(), 1);
+    }
+}
