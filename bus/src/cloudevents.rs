@@ -83,7 +83,9 @@ pub fn data_as_json(event: &Event) -> Option<Value> {
     if is_json(&event.content_type) {
         serde_json::from_slice(&event.data).ok()
     } else if event.content_type.starts_with("text/") {
-        std::str::from_utf8(&event.data).ok().map(|text| json!(text))
+        std::str::from_utf8(&event.data)
+            .ok()
+            .map(|text| json!(text))
     } else {
         None
     }
@@ -105,7 +107,10 @@ fn timestamp_to_rfc3339(timestamp: &prost_types::Timestamp) -> Option<String> {
 /// A CloudEvents JSON object as a root event to publish.
 pub fn root_from_json(value: &Value) -> Result<RootEvent, ValidationError> {
     let object = value.as_object().ok_or_else(|| {
-        ValidationError::new("cloudevent", "must be a JSON object with specversion, id, source and type")
+        ValidationError::new(
+            "cloudevent",
+            "must be a JSON object with specversion, id, source and type",
+        )
     })?;
     let text = |name: &'static str| -> Result<Option<&str>, ValidationError> {
         match object.get(name) {
@@ -140,35 +145,36 @@ pub fn root_from_json(value: &Value) -> Result<RootEvent, ValidationError> {
         ));
     }
     let content_type = text("datacontenttype")?.unwrap_or(JSON).to_string();
-    let data = match (object.get("data"), text("data_base64")?) {
-        (Some(_), Some(_)) => {
-            return Err(ValidationError::new(
-                "data",
-                "give data or data_base64, not both",
-            ));
-        }
-        (Some(Value::String(text)), None) if !is_json(&content_type) => {
-            Bytes::from(text.clone().into_bytes())
-        }
-        (Some(data), None) => {
-            if !is_json(&content_type) {
+    let data =
+        match (object.get("data"), text("data_base64")?) {
+            (Some(_), Some(_)) => {
                 return Err(ValidationError::new(
                     "data",
-                    format!(
-                        "is JSON but datacontenttype is {content_type}; use data_base64 for \
-                         other content"
-                    ),
+                    "give data or data_base64, not both",
                 ));
             }
-            Bytes::from(serde_json::to_vec(data).map_err(|err| {
-                ValidationError::new("data", format!("cannot be encoded: {err}"))
-            })?)
-        }
-        (None, Some(encoded)) => Bytes::from(BASE64.decode(encoded).map_err(|err| {
-            ValidationError::new("data_base64", format!("is not base64: {err}"))
-        })?),
-        (None, None) => Bytes::new(),
-    };
+            (Some(Value::String(text)), None) if !is_json(&content_type) => {
+                Bytes::from(text.clone().into_bytes())
+            }
+            (Some(data), None) => {
+                if !is_json(&content_type) {
+                    return Err(ValidationError::new(
+                        "data",
+                        format!(
+                            "is JSON but datacontenttype is {content_type}; use data_base64 for \
+                         other content"
+                        ),
+                    ));
+                }
+                Bytes::from(serde_json::to_vec(data).map_err(|err| {
+                    ValidationError::new("data", format!("cannot be encoded: {err}"))
+                })?)
+            }
+            (None, Some(encoded)) => Bytes::from(BASE64.decode(encoded).map_err(|err| {
+                ValidationError::new("data_base64", format!("is not base64: {err}"))
+            })?),
+            (None, None) => Bytes::new(),
+        };
     let mut emit = Emit::new(event_type, content_type, data);
     if let Some(tokens) = object.get("tokensused") {
         let tokens = tokens
@@ -234,7 +240,16 @@ mod tests {
         assert_eq!(event.depth, 0);
 
         let back = to_json(&event);
-        for key in ["id", "source", "type", "time", "correlationid", "traceparent", "data", "priority"] {
+        for key in [
+            "id",
+            "source",
+            "type",
+            "time",
+            "correlationid",
+            "traceparent",
+            "data",
+            "priority",
+        ] {
             assert_eq!(back[key], document()[key], "{key}");
         }
         assert_eq!(back["depth"], json!(0));
@@ -247,7 +262,10 @@ mod tests {
         object.remove("data");
         object.insert("datacontenttype".into(), json!("application/octet-stream"));
         object.insert("data_base64".into(), json!(BASE64.encode([0u8, 159, 146])));
-        let event = root_from_json(&doc).expect("valid").into_event().expect("event");
+        let event = root_from_json(&doc)
+            .expect("valid")
+            .into_event()
+            .expect("event");
         assert_eq!(&event.data[..], &[0u8, 159, 146]);
         assert_eq!(to_json(&event)["data_base64"], doc["data_base64"]);
     }
@@ -255,13 +273,34 @@ mod tests {
     #[test]
     fn bad_documents_name_the_field() {
         let cases = [
-            ("specversion", json!({"specversion": "0.3", "id": "a", "source": "s", "type": "t"})),
-            ("id", json!({"specversion": "1.0", "source": "s", "type": "t"})),
-            ("type", json!({"specversion": "1.0", "id": "a", "source": "s", "type": "a..b"})),
-            ("causationid", json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "causationid": "x"})),
-            ("depth", json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "depth": 3})),
-            ("time", json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "time": "yesterday"})),
-            ("data_base64", json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "data_base64": "%%"})),
+            (
+                "specversion",
+                json!({"specversion": "0.3", "id": "a", "source": "s", "type": "t"}),
+            ),
+            (
+                "id",
+                json!({"specversion": "1.0", "source": "s", "type": "t"}),
+            ),
+            (
+                "type",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "a..b"}),
+            ),
+            (
+                "causationid",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "causationid": "x"}),
+            ),
+            (
+                "depth",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "depth": 3}),
+            ),
+            (
+                "time",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "time": "yesterday"}),
+            ),
+            (
+                "data_base64",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "data_base64": "%%"}),
+            ),
         ];
         for (field, doc) in cases {
             let err = root_from_json(&doc)

@@ -253,6 +253,15 @@ pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> b
     )
 }
 
+/// A JetStream limit as text, every "no limit" (0 or negative; the server reports -1) alike.
+fn limit(value: i64) -> String {
+    if value > 0 {
+        value.to_string()
+    } else {
+        "unlimited".to_string()
+    }
+}
+
 /// The first setting in which an existing stream differs from the wanted one.
 fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), SetupError> {
     // Rendered with Debug, which is equal exactly when the values are, and readable in the error.
@@ -262,12 +271,12 @@ fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), Set
             ("storage", format!("{:?}", c.storage)),
             ("duplicate_window", format!("{:?}", c.duplicate_window)),
             ("max_age", format!("{:?}", c.max_age)),
-            ("max_bytes", c.max_bytes.to_string()),
-            ("max_messages", c.max_messages.to_string()),
+            ("max_bytes", limit(c.max_bytes)),
+            ("max_messages", limit(c.max_messages)),
             ("discard", format!("{:?}", c.discard)),
             (
                 "max_messages_per_subject",
-                c.max_messages_per_subject.to_string(),
+                limit(c.max_messages_per_subject),
             ),
             ("allow_msg_counter", c.allow_message_counter.to_string()),
             ("replicas", c.num_replicas.to_string()),

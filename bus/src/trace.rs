@@ -120,7 +120,12 @@ impl RunTrace {
                 correlation_id: correlation_id.to_string(),
             });
         }
-        Ok(Self::from_records(namespace, correlation_id, &records, agents))
+        Ok(Self::from_records(
+            namespace,
+            correlation_id,
+            &records,
+            agents,
+        ))
     }
 
     /// Builds the tree from a run's records in stream order.
@@ -165,9 +170,7 @@ impl RunTrace {
             let (acknowledged_by, waiting_on) = agents
                 .iter()
                 .filter(|agent| agent.filters.iter().any(|f| subject_matches(f, subject)))
-                .filter(|agent| {
-                    redrive.as_ref().is_none_or(|r| r.agent == agent.agent)
-                })
+                .filter(|agent| redrive.as_ref().is_none_or(|r| r.agent == agent.agent))
                 .partition::<Vec<_>, _>(|agent| agent.ack_floor >= record.sequence);
             let index = trace.nodes.len();
             if let Some(parent) = parent {
@@ -186,7 +189,10 @@ impl RunTrace {
                 event,
                 children: Vec::new(),
                 handled_by: BTreeSet::new(),
-                acknowledged_by: acknowledged_by.into_iter().map(|a| a.agent.clone()).collect(),
+                acknowledged_by: acknowledged_by
+                    .into_iter()
+                    .map(|a| a.agent.clone())
+                    .collect(),
                 waiting_on: waiting_on.into_iter().map(|a| a.agent.clone()).collect(),
                 dead_letters: Vec::new(),
                 redrive,
@@ -194,7 +200,8 @@ impl RunTrace {
         }
         for node in &mut trace.nodes {
             let handled_by = node.handled_by.clone();
-            node.acknowledged_by.retain(|agent| !handled_by.contains(agent));
+            node.acknowledged_by
+                .retain(|agent| !handled_by.contains(agent));
         }
         trace
     }
@@ -244,8 +251,11 @@ mod tests {
     }
 
     fn emit(event_type: &str) -> Emit {
-        Emit::json(EventType::new(event_type).expect("type"), &serde_json::json!({"n": 1}))
-            .expect("json")
+        Emit::json(
+            EventType::new(event_type).expect("type"),
+            &serde_json::json!({"n": 1}),
+        )
+        .expect("json")
     }
 
     #[test]
@@ -257,7 +267,12 @@ mod tests {
             .expect("valid");
         let counter = AgentName::new("counter").expect("name");
         let b = stamp_child(&root, &counter, 0, emit("b.done"));
-        let c = stamp_child(&b, &AgentName::new("relay").expect("name"), 0, emit("c.done"));
+        let c = stamp_child(
+            &b,
+            &AgentName::new("relay").expect("name"),
+            0,
+            emit("c.done"),
+        );
         let notice = DeadLetterNotice {
             agent: "sink".into(),
             reason: "handler_failed".into(),
@@ -274,11 +289,28 @@ mod tests {
             0,
             Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json"),
         );
-        let records = [record(1, &root), record(2, &b), record(3, &c), record(4, &notice_event)];
+        let records = [
+            record(1, &root),
+            record(2, &b),
+            record(3, &c),
+            record(4, &notice_event),
+        ];
         let agents = [
-            AgentPosition { agent: "counter".into(), filters: vec!["events.*.a.requested".into()], ack_floor: 4 },
-            AgentPosition { agent: "audit".into(), filters: vec!["events.*.b.done".into()], ack_floor: 4 },
-            AgentPosition { agent: "late".into(), filters: vec!["events.*.b.done".into()], ack_floor: 1 },
+            AgentPosition {
+                agent: "counter".into(),
+                filters: vec!["events.*.a.requested".into()],
+                ack_floor: 4,
+            },
+            AgentPosition {
+                agent: "audit".into(),
+                filters: vec!["events.*.b.done".into()],
+                ack_floor: 4,
+            },
+            AgentPosition {
+                agent: "late".into(),
+                filters: vec!["events.*.b.done".into()],
+                ack_floor: 1,
+            },
         ];
         let trace = RunTrace::from_records(&ns, "run-1", &records, &agents);
 
@@ -286,10 +318,22 @@ mod tests {
         assert_eq!(trace.messages_read, 4);
         assert_eq!(trace.roots, vec![0]);
         assert_eq!(trace.walk(), vec![(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(trace.nodes[0].handled_by, BTreeSet::from(["counter".to_string()]));
-        assert!(trace.nodes[0].acknowledged_by.is_empty(), "counter published, so it handled");
-        assert_eq!(trace.nodes[1].acknowledged_by, BTreeSet::from(["audit".to_string()]));
-        assert_eq!(trace.nodes[1].waiting_on, BTreeSet::from(["late".to_string()]));
+        assert_eq!(
+            trace.nodes[0].handled_by,
+            BTreeSet::from(["counter".to_string()])
+        );
+        assert!(
+            trace.nodes[0].acknowledged_by.is_empty(),
+            "counter published, so it handled"
+        );
+        assert_eq!(
+            trace.nodes[1].acknowledged_by,
+            BTreeSet::from(["audit".to_string()])
+        );
+        assert_eq!(
+            trace.nodes[1].waiting_on,
+            BTreeSet::from(["late".to_string()])
+        );
         assert_eq!(trace.nodes[2].dead_letters, vec![notice]);
         assert_eq!(trace.nodes[2].offset, Duration::from_millis(20));
         assert_eq!(trace.dead_letter_count(), 1);

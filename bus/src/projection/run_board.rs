@@ -125,12 +125,48 @@ impl RunStatus {
 }
 
 /// A run with its status, ready to show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RunView<'a> {
-    #[serde(flatten)]
     pub status: RunStatus,
-    #[serde(flatten)]
     pub run: &'a Run,
+}
+
+impl Serialize for RunView<'_> {
+    /// The run's public fields and its status; not the fold's bookkeeping.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            correlation_id: &'a str,
+            #[serde(flatten)]
+            status: &'a RunStatus,
+            root_type: &'a str,
+            root_source: &'a str,
+            #[serde(with = "time::serde::rfc3339")]
+            started: OffsetDateTime,
+            #[serde(with = "time::serde::rfc3339")]
+            last_event: OffsetDateTime,
+            events: u64,
+            tokens: u64,
+            types: &'a BTreeMap<String, TypeCount>,
+            agents: &'a BTreeMap<String, AgentWork>,
+            dead_letters: &'a [RunDeadLetter],
+        }
+        let run = self.run;
+        Shown {
+            correlation_id: &run.correlation_id,
+            status: &self.status,
+            root_type: &run.root_type,
+            root_source: &run.root_source,
+            started: run.started,
+            last_event: run.last_event,
+            events: run.events,
+            tokens: run.tokens,
+            types: &run.types,
+            agents: &run.agents,
+            dead_letters: &run.dead_letters,
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Projection for RunBoard {

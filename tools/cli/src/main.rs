@@ -1,8 +1,22 @@
 //! `choreo`: the command line. Thin: parses arguments and hands off to a command's module.
 //!
-//! Exit codes: 0 success; 1 the command ran but what it waited for did not happen; 64 bad
-//! arguments; 69 something it needs (nats-server, the agents' binaries, a free port) is missing.
+//! Exit codes (sysexits): 0 success; 1 the command ran but the answer is "no" (runs differ, a
+//! demo run did not finish, a stream conflicts); 64 bad arguments; 65 bad input data (a payload
+//! that is not JSON, an invalid event); 66 what was asked for does not exist (an unknown run or
+//! dead letter, a missing file); 69 something needed is unavailable (the NATS server, the
+//! agents' binaries, a free port); 74 cannot write the output.
 
+mod connection;
+mod diff;
+mod dlq;
+mod publish;
+mod render;
+mod replay;
+mod state;
+mod streams;
+mod tail;
+mod time_arg;
+mod trace;
 mod up;
 
 use std::process::ExitCode;
@@ -25,6 +39,22 @@ struct Cli {
 enum Command {
     /// Start everything locally: nats-server, the streams, and every agent as its own process.
     Up(up::UpArgs),
+    /// Publish events: TYPE with --data, a CloudEvent, or many from a JSON-lines file.
+    Publish(publish::PublishArgs),
+    /// Print events as they are stored, one line each.
+    Tail(tail::TailArgs),
+    /// One run as a causation tree, with each event's outcome.
+    Trace(trace::TraceArgs),
+    /// Events in order, filtered; or copy a run into a sandbox namespace to run it again.
+    Replay(replay::ReplayArgs),
+    /// Compare two runs' trees: types, sources and payloads.
+    Diff(diff::DiffArgs),
+    /// The run board rebuilt from the log, now or as of a time or sequence.
+    State(state::StateArgs),
+    /// Dead letters: list, show, redrive after a fix, purge.
+    Dlq(dlq::DlqArgs),
+    /// Set up the streams, or see what they hold.
+    Streams(streams::StreamsArgs),
 }
 
 /// A failure with the exit code that describes it.
@@ -35,6 +65,77 @@ pub struct Failure {
 }
 
 impl Failure {
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 64,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn data(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 65,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn no_input(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 66,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn output(err: std::io::Error) -> Self {
+        Failure {
+            code: 74,
+            message: format!("cannot write output: {err}"),
+        }
+    }
+
+    pub fn log(err: choreo_bus::log::LogError) -> Self {
+        match err {
+            choreo_bus::log::LogError::NoStream { .. } => Failure::no_input(err.to_string()),
+            _ => Failure::unavailable(err.to_string()),
+        }
+    }
+
+    pub fn trace(err: choreo_bus::trace::TraceError) -> Self {
+        match err {
+            choreo_bus::trace::TraceError::Log(err) => Failure::log(err),
+            choreo_bus::trace::TraceError::Invalid(err) => Failure::usage(err),
+            err @ choreo_bus::trace::TraceError::UnknownRun { .. } => {
+                Failure::no_input(err.to_string())
+            }
+        }
+    }
+
+    pub fn projection(err: choreo_bus::projection::ProjectionError) -> Self {
+        match err {
+            choreo_bus::projection::ProjectionError::Log(err) => Failure::log(err),
+            err => Failure::unavailable(err.to_string()),
+        }
+    }
+
+    pub fn publish(err: choreo_bus::PublishError) -> Self {
+        match err {
+            choreo_bus::PublishError::Invalid(err) => Failure::data(err),
+            err if err.is_retryable() => Failure::unavailable(err.to_string()),
+            err => Failure::failed(err.to_string()),
+        }
+    }
+
+    pub fn dead_letter(err: choreo_bus::dead_letter::DeadLetterError) -> Self {
+        use choreo_bus::dead_letter::DeadLetterError;
+        match err {
+            err @ DeadLetterError::NotFound { .. } => Failure::no_input(err.to_string()),
+            DeadLetterError::Read(err) => Failure::log(err),
+            DeadLetterError::Publish(err) => Failure::publish(err),
+            err if err.is_retryable() => Failure::unavailable(err.to_string()),
+            err => Failure::failed(err.to_string()),
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Failure {
             code: 69,
@@ -65,6 +166,14 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
+        Command::Trace(args) => trace::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
+        Command::Diff(args) => diff::run(args).await,
+        Command::State(args) => state::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+        Command::Streams(args) => streams::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
