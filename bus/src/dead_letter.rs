@@ -265,7 +265,7 @@ pub struct StoredDeadLetter {
 impl StoredDeadLetter {
     /// The original event, when its bytes decode.
     pub fn original_event(&self) -> Option<Event> {
-        envelope::decode(&self.letter.original).ok()
+        envelope::decode(self.letter.original.clone()).ok()
     }
 }
 

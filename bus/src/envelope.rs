@@ -13,7 +13,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::names::{AgentName, EventType, ValidationError, validate_id, validate_label};
+use crate::names::{AgentName, EventType, ValidationError, validate_id, validate_label, validate_type};
 
 /// `content_type` of JSON payloads.
 pub const JSON: &str = "application/json";
@@ -306,11 +306,12 @@ pub enum DecodeError {
 }
 
 /// Decodes an envelope and checks the fields the bus relies on (id, type, correlation).
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: impl bytes::Buf) -> Result<Event, DecodeError> {
+    // From `Bytes`, the payload is a slice of the message, not a copy.
     let event = Event::decode(bytes)?;
     validate_id("id", &event.id)?;
     validate_id("correlation_id", &event.correlation_id)?;
-    EventType::new(event.r#type.as_str())?;
+    validate_type(&event.r#type)?;
     Ok(event)
 }
 

@@ -8,7 +8,7 @@
 //! Times are the stream's own: when the server stored the message. They only grow along the
 //! log, so "as of 10:42" means "what the log held at 10:42", whatever clocks the publishers had.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, pull},
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use choreo_proto::v1::Event;
 use futures::StreamExt;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 use crate::envelope::{self, DecodeError};
 
@@ -83,7 +84,7 @@ pub struct LogRecord {
     pub sequence: u64,
     /// When the server stored it.
     pub time: OffsetDateTime,
-    pub subject: String,
+    pub subject: Subject,
     pub headers: Option<HeaderMap>,
     pub payload: Bytes,
 }
@@ -91,7 +92,7 @@ pub struct LogRecord {
 impl LogRecord {
     /// The envelope, for records of an events stream.
     pub fn decode(&self) -> Result<Event, DecodeError> {
-        envelope::decode(&self.payload)
+        envelope::decode(self.payload.clone())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -226,6 +227,39 @@ impl LogReader {
         self.expected
     }
 
+    /// Reads on in a task of its own, handing records over in batches of `batch` (the last may
+    /// be shorter), so whoever consumes them (a projection's fold) runs beside the read instead
+    /// of after it. For reads with an end; a live read would hold a short batch back.
+    pub fn in_batches(mut self, batch: usize) -> mpsc::Receiver<Result<Vec<LogRecord>, LogError>> {
+        let (sender, receiver) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut records = Vec::with_capacity(batch);
+            loop {
+                match self.next().await {
+                    Ok(Some(record)) => {
+                        records.push(record);
+                        if records.len() < batch {
+                            continue;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        let _ = sender.send(Err(err)).await;
+                        return;
+                    }
+                }
+                let full = std::mem::replace(&mut records, Vec::with_capacity(batch));
+                if sender.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+            if !records.is_empty() {
+                let _ = sender.send(Ok(records)).await;
+            }
+        });
+        receiver
+    }
+
     /// The next record, or `None` at the end of the read.
     pub async fn next(&mut self) -> Result<Option<LogRecord>, LogError> {
         let Some(messages) = self.messages.as_mut() else {
@@ -265,7 +299,7 @@ impl LogReader {
         Ok(Some(LogRecord {
             sequence,
             time,
-            subject: message.subject.to_string(),
+            subject: message.subject,
             headers: message.headers,
             payload: message.payload,
         }))

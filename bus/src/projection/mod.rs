@@ -22,6 +22,9 @@ use crate::names::Namespace;
 
 pub use snapshot::{SNAPSHOT_BUCKET, SnapshotError, SnapshotStore};
 
+/// Records handed from the read to the fold at a time.
+const FOLD_BATCH: usize = 512;
+
 /// State folded from events.
 pub trait Projection: Default + Serialize + DeserializeOwned {
     /// Its key in the snapshot bucket. Change it when the state's shape changes, so an old
@@ -191,10 +194,13 @@ impl Projector {
         let query = LogQuery::filtered(self.namespace.all_events())
             .from(from)
             .until(as_of.until());
-        let mut reader =
-            LogReader::open(&self.jetstream, &self.namespace.stream_name(), query).await?;
-        while let Some(record) = reader.next().await? {
-            folded.apply(&record);
+        let reader = LogReader::open(&self.jetstream, &self.namespace.stream_name(), query).await?;
+        // The read runs in its own task so decoding and folding use the other core.
+        let mut batches = reader.in_batches(FOLD_BATCH);
+        while let Some(batch) = batches.recv().await {
+            for record in &batch? {
+                folded.apply(record);
+            }
         }
         Ok(())
     }

@@ -17,7 +17,9 @@
 //! For a point in the past the consumers can only be read as they are now, so an event that an
 //! agent handled *after* that point without publishing anything counts as handled.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use async_nats::jetstream;
 use choreo_proto::v1::Event;
@@ -34,7 +36,7 @@ use crate::names::{Namespace, subject_matches};
 /// Every run seen in the log, by correlation id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunBoard {
-    runs: HashMap<String, Run>,
+    runs: FxHashMap<String, Run>,
 }
 
 /// One run, as folded from its events.
@@ -58,10 +60,10 @@ pub struct Run {
     pub agents: BTreeMap<String, AgentWork>,
     pub dead_letters: Vec<RunDeadLetter>,
     /// Event id hash -> index into `type_names`: a child's cause may be any earlier event.
-    seen: HashMap<u64, u32>,
+    seen: FxHashMap<u64, u32>,
     type_names: Vec<String>,
     /// (cause, agent) hashes already counted as one handling.
-    handlings: HashSet<u64>,
+    handlings: FxHashSet<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,11 +175,15 @@ impl Projection for RunBoard {
     const NAME: &'static str = "run-board-v1";
 
     fn apply(&mut self, event: &Event, record: &LogRecord) {
-        let run = self
-            .runs
-            .entry(event.correlation_id.clone())
-            .or_insert_with(|| Run::new(event, record.time));
-        run.apply(event, record);
+        // Looked up before inserting: a key is allocated once per run, not once per event.
+        match self.runs.get_mut(&event.correlation_id) {
+            Some(run) => run.apply(event, record),
+            None => {
+                let mut run = Run::new(event, record.time);
+                run.apply(event, record);
+                self.runs.insert(event.correlation_id.clone(), run);
+            }
+        }
     }
 }
 
@@ -224,15 +230,20 @@ impl Run {
             types: BTreeMap::new(),
             agents: BTreeMap::new(),
             dead_letters: Vec::new(),
-            seen: HashMap::new(),
+            seen: FxHashMap::default(),
             type_names: Vec::new(),
-            handlings: HashSet::new(),
+            handlings: FxHashSet::default(),
         }
     }
 
     fn apply(&mut self, event: &Event, record: &LogRecord) {
         self.last_event = record.time;
-        let counts = self.types.entry(event.r#type.clone()).or_default();
+        if !self.types.contains_key(&event.r#type) {
+            self.types.insert(event.r#type.clone(), TypeCount::default());
+        }
+        let Some(counts) = self.types.get_mut(&event.r#type) else {
+            return;
+        };
         counts.last_sequence = record.sequence;
         let id = stable_hash(&[event.id.as_bytes()]);
         if let Some(dead_letter) = record
@@ -261,9 +272,13 @@ impl Run {
         let cause_type = self
             .seen
             .get(&stable_hash(&[event.causation_id.as_bytes()]))
-            .and_then(|index| self.type_names.get(*index as usize))
-            .cloned();
-        let work = self.agents.entry(event.source.clone()).or_default();
+            .and_then(|index| self.type_names.get(*index as usize));
+        if !self.agents.contains_key(&event.source) {
+            self.agents.insert(event.source.clone(), AgentWork::default());
+        }
+        let Some(work) = self.agents.get_mut(&event.source) else {
+            return;
+        };
         if event.r#type == DEAD_LETTERED {
             if let Ok(notice) = envelope::json_data::<DeadLetterNotice>(event) {
                 work.dead_lettered += 1;
@@ -275,12 +290,12 @@ impl Run {
             }
             return;
         }
-        *work.emitted.entry(event.r#type.clone()).or_default() += 1;
+        increment(&mut work.emitted, &event.r#type);
         let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
         if let Some(cause_type) = cause_type
             && self.handlings.insert(handling)
         {
-            *work.handled.entry(cause_type).or_default() += 1;
+            increment(&mut work.handled, cause_type);
         }
     }
 
@@ -322,6 +337,16 @@ impl Run {
             RunStatus::Complete
         } else {
             RunStatus::Pending { waiting_on }
+        }
+    }
+}
+
+/// Adds one to `key`'s count, allocating the key only the first time.
+fn increment(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
         }
     }
 }

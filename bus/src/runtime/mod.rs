@@ -635,7 +635,7 @@ impl<H: Handler> Worker<H> {
             event: None,
         };
 
-        let event = match envelope::decode(&message.payload) {
+        let event = match envelope::decode(message.payload.clone()) {
             Ok(event) => event,
             Err(err) => {
                 let disposition = Disposition::DeadLetter {

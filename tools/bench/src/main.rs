@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod flood;
 mod handle;
+mod log;
 mod publish;
 mod storm;
 
@@ -55,9 +56,14 @@ struct Args {
     /// `storm`: ping-pong runs started at once beside the bystander.
     #[arg(long, default_value_t = 100)]
     storms: usize,
+    /// Events in the log that `replay` and `trace` read back.
+    #[arg(long, default_value_t = 1_000_000)]
+    log_events: usize,
 }
 
-const SCENARIOS: [&str; 5] = ["publish", "handle", "guards", "flood", "storm"];
+const SCENARIOS: [&str; 7] = [
+    "publish", "handle", "guards", "flood", "storm", "replay", "trace",
+];
 
 /// Settings every scenario shares.
 #[derive(Debug, Clone)]
@@ -67,6 +73,7 @@ pub struct Settings {
     pub payload: usize,
     pub flood_rate: u32,
     pub storms: usize,
+    pub log_events: usize,
 }
 
 /// One scenario's result.
@@ -112,7 +119,7 @@ impl Report {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
+pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -135,6 +142,7 @@ async fn main() -> ExitCode {
         || args.messages == 0
         || args.flood_rate == 0
         || args.storms == 0
+        || args.log_events == 0
     {
         eprintln!(
             "choreo-bench: unknown scenario {unknown:?} or a zero count; scenarios are: {}",
@@ -173,6 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         payload: args.payload,
         flood_rate: args.flood_rate,
         storms: args.storms,
+        log_events: args.log_events,
     };
     let scenarios: Vec<&str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -218,6 +227,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     storm.bystander_p99_ratio
                 );
                 (serde_json::to_string(&storm)?, table)
+            }
+            "replay" => compared(log::replay(&client, &settings).await?)?,
+            "trace" => {
+                let trace = log::trace(&client, &settings).await?;
+                let table = format!(
+                    "{:<10} {:>14.2} {:>14.2} {:>8.3}  ms (one run of {} events among {}; read {} messages)",
+                    trace.scenario,
+                    trace.raw,
+                    trace.ours,
+                    trace.ratio,
+                    trace.run_events,
+                    trace.log_events,
+                    trace.messages_read
+                );
+                (serde_json::to_string(&trace)?, table)
             }
             other => anyhow::bail!("no scenario {other}"),
         };
