@@ -13,7 +13,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::names::{AgentName, EventType, ValidationError, validate_id, validate_label, validate_type};
+use crate::names::{
+    AgentName, EventType, ValidationError, validate_id, validate_label, validate_type,
+};
 
 /// `content_type` of JSON payloads.
 pub const JSON: &str = "application/json";
@@ -451,7 +453,7 @@ mod tests {
         assert_eq!(event.causation_id, "");
         assert_eq!(event.depth, 0);
         assert!(TraceParent::parse(&event.traceparent).is_some());
-        assert_eq!(decode(&event.encode_to_vec()).expect("decodes"), event);
+        assert_eq!(decode(&event.encode_to_vec()[..]).expect("decodes"), event);
     }
 
     #[test]
@@ -555,7 +557,7 @@ mod tests {
     #[test]
     fn garbage_and_incomplete_envelopes_do_not_decode() {
         assert!(matches!(
-            decode(b"\xff\xff\xff"),
+            decode(&b"\xff\xff\xff"[..]),
             Err(DecodeError::Protobuf(_))
         ));
         let no_correlation = Event {
@@ -564,7 +566,7 @@ mod tests {
             ..Event::default()
         };
         assert!(matches!(
-            decode(&no_correlation.encode_to_vec()),
+            decode(&no_correlation.encode_to_vec()[..]),
             Err(DecodeError::Invalid(_))
         ));
     }

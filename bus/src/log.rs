@@ -8,12 +8,12 @@
 //! Times are the stream's own: when the server stored the message. They only grow along the
 //! log, so "as of 10:42" means "what the log held at 10:42", whatever clocks the publishers had.
 
-use async_nats::{HeaderMap, Subject};
 use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, pull},
     stream::ConsumerErrorKind,
 };
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use choreo_proto::v1::Event;
 use futures::StreamExt;

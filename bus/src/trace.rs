@@ -244,7 +244,9 @@ mod tests {
         LogRecord {
             sequence,
             time: OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(sequence as i64 * 10),
-            subject: Namespace::default().event_subject(&event.correlation_id, &event.r#type),
+            subject: Namespace::default()
+                .event_subject(&event.correlation_id, &event.r#type)
+                .into(),
             headers: None,
             payload: prost::Message::encode_to_vec(event).into(),
         }

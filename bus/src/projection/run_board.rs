@@ -37,6 +37,30 @@ use crate::names::{Namespace, subject_matches};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunBoard {
     runs: FxHashMap<String, Run>,
+    lookups: Lookups,
+}
+
+/// What the fold remembers about events already seen, for every run at once: one table each
+/// rather than a few per run, so a board of many runs is a few large allocations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Lookups {
+    /// Event id hash -> index into `type_names`: a child's cause may be any earlier event.
+    seen: FxHashMap<u64, u32>,
+    type_names: Vec<String>,
+    /// (cause, agent) hashes already counted as one handling.
+    handlings: FxHashSet<u64>,
+}
+
+impl Lookups {
+    fn type_index(&mut self, event_type: &str) -> u32 {
+        match self.type_names.iter().position(|t| t == event_type) {
+            Some(index) => index as u32,
+            None => {
+                self.type_names.push(event_type.to_string());
+                (self.type_names.len() - 1) as u32
+            }
+        }
+    }
 }
 
 /// One run, as folded from its events.
@@ -59,11 +83,6 @@ pub struct Run {
     /// Per agent: what it emitted, by the input type it was handling.
     pub agents: BTreeMap<String, AgentWork>,
     pub dead_letters: Vec<RunDeadLetter>,
-    /// Event id hash -> index into `type_names`: a child's cause may be any earlier event.
-    seen: FxHashMap<u64, u32>,
-    type_names: Vec<String>,
-    /// (cause, agent) hashes already counted as one handling.
-    handlings: FxHashSet<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,10 +196,10 @@ impl Projection for RunBoard {
     fn apply(&mut self, event: &Event, record: &LogRecord) {
         // Looked up before inserting: a key is allocated once per run, not once per event.
         match self.runs.get_mut(&event.correlation_id) {
-            Some(run) => run.apply(event, record),
+            Some(run) => run.apply(&mut self.lookups, event, record),
             None => {
                 let mut run = Run::new(event, record.time);
-                run.apply(event, record);
+                run.apply(&mut self.lookups, event, record);
                 self.runs.insert(event.correlation_id.clone(), run);
             }
         }
@@ -230,19 +249,14 @@ impl Run {
             types: BTreeMap::new(),
             agents: BTreeMap::new(),
             dead_letters: Vec::new(),
-            seen: FxHashMap::default(),
-            type_names: Vec::new(),
-            handlings: FxHashSet::default(),
         }
     }
 
-    fn apply(&mut self, event: &Event, record: &LogRecord) {
+    fn apply(&mut self, lookups: &mut Lookups, event: &Event, record: &LogRecord) {
         self.last_event = record.time;
-        if !self.types.contains_key(&event.r#type) {
-            self.types.insert(event.r#type.clone(), TypeCount::default());
-        }
-        let Some(counts) = self.types.get_mut(&event.r#type) else {
-            return;
+        let counts = match self.types.get_mut(&event.r#type) {
+            Some(counts) => counts,
+            None => self.types.entry(event.r#type.clone()).or_default(),
         };
         counts.last_sequence = record.sequence;
         let id = stable_hash(&[event.id.as_bytes()]);
@@ -256,28 +270,26 @@ impl Run {
                 }
             }
         }
-        if self.seen.contains_key(&id) {
+        if lookups.seen.contains_key(&id) {
             // A redriven copy, or a republish after the duplicate window: not a new event.
             return;
         }
         counts.count += 1;
         self.events += 1;
         self.tokens += event.tokens_used;
-        let type_index = self.type_index(&event.r#type);
-        self.seen.insert(id, type_index);
+        let type_index = lookups.type_index(&event.r#type);
+        lookups.seen.insert(id, type_index);
 
         if event.causation_id.is_empty() {
             return;
         }
-        let cause_type = self
+        let cause_type = lookups
             .seen
             .get(&stable_hash(&[event.causation_id.as_bytes()]))
-            .and_then(|index| self.type_names.get(*index as usize));
-        if !self.agents.contains_key(&event.source) {
-            self.agents.insert(event.source.clone(), AgentWork::default());
-        }
-        let Some(work) = self.agents.get_mut(&event.source) else {
-            return;
+            .and_then(|index| lookups.type_names.get(*index as usize));
+        let work = match self.agents.get_mut(&event.source) {
+            Some(work) => work,
+            None => self.agents.entry(event.source.clone()).or_default(),
         };
         if event.r#type == DEAD_LETTERED {
             if let Ok(notice) = envelope::json_data::<DeadLetterNotice>(event) {
@@ -293,19 +305,9 @@ impl Run {
         increment(&mut work.emitted, &event.r#type);
         let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
         if let Some(cause_type) = cause_type
-            && self.handlings.insert(handling)
+            && lookups.handlings.insert(handling)
         {
             increment(&mut work.handled, cause_type);
-        }
-    }
-
-    fn type_index(&mut self, event_type: &str) -> u32 {
-        match self.type_names.iter().position(|t| t == event_type) {
-            Some(index) => index as u32,
-            None => {
-                self.type_names.push(event_type.to_string());
-                (self.type_names.len() - 1) as u32
-            }
         }
     }
 
@@ -351,17 +353,28 @@ fn increment(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-/// FNV-1a: the board's id hashes are kept in snapshots, so they must not change between
+/// FNV-1a style: the board's id hashes are kept in snapshots, so they must not change between
 /// builds or processes (std's hasher promises neither).
+/// It takes eight bytes a step (FNV-1a over words, then a final mix): ids are hashed a few times
+/// per event folded.
 fn stable_hash(parts: &[&[u8]]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
-        for byte in part.iter().chain(std::iter::once(&0xff)) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        let mut words = part.chunks_exact(8);
+        for word in &mut words {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            hash = (hash ^ u64::from_le_bytes(bytes)).wrapping_mul(PRIME);
         }
+        let mut rest = [0u8; 8];
+        rest[..words.remainder().len()].copy_from_slice(words.remainder());
+        // The length separates parts, so ("ab", "c") and ("a", "bc") differ.
+        hash = (hash ^ u64::from_le_bytes(rest)).wrapping_mul(PRIME);
+        hash = (hash ^ part.len() as u64).wrapping_mul(PRIME);
     }
-    hash
+    // Spread the high bits into the low ones, which hash tables index by.
+    hash ^ (hash >> 29)
 }
 
 /// How far each agent of `namespace` has acknowledged: its durable consumers on the events
@@ -414,7 +427,9 @@ mod tests {
         LogRecord {
             sequence,
             time: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(sequence as i64),
-            subject: Namespace::default().event_subject(&event.correlation_id, &event.r#type),
+            subject: Namespace::default()
+                .event_subject(&event.correlation_id, &event.r#type)
+                .into(),
             headers: None,
             payload: prost::Message::encode_to_vec(event).into(),
         }

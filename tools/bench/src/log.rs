@@ -43,20 +43,33 @@ pub async fn fill(client: &async_nats::Client, settings: &Settings) -> anyhow::R
     let mut filled = 0;
     for run in 0..runs {
         messages.clear();
-        let root = RootEvent::new(Emit::new(EventType::new("bench.started")?, JSON, data.clone()), "bench")
-            .with_correlation_id(format!("run-{run}"))
-            .into_event()?;
+        let root = RootEvent::new(
+            Emit::new(EventType::new("bench.started")?, JSON, data.clone()),
+            "bench",
+        )
+        .with_correlation_id(format!("run-{run}"))
+        .into_event()?;
         let mut parent = root.clone();
         messages.push(root);
         while messages.len() < RUN_LENGTH {
-            let child = stamp_child(&parent, &agent, 0, Emit::new(step.clone(), JSON, data.clone()));
+            let child = stamp_child(
+                &parent,
+                &agent,
+                0,
+                Emit::new(step.clone(), JSON, data.clone()),
+            );
             messages.push(child.clone());
             parent = child;
         }
         let batch: Vec<(String, Bytes)> = messages
             .iter()
             .take(settings.log_events - filled)
-            .map(|e| (namespace.event_subject(&e.correlation_id, &e.r#type), Bytes::from(e.encode_to_vec())))
+            .map(|e| {
+                (
+                    namespace.event_subject(&e.correlation_id, &e.r#type),
+                    Bytes::from(e.encode_to_vec()),
+                )
+            })
             .collect();
         filled += batch.len();
         pipelined(batch.len(), |i| {
@@ -88,7 +101,10 @@ async fn raw_read(jetstream: &jetstream::Context, filter: &str) -> anyhow::Resul
     let mut messages = consumer.messages().await?;
     let mut read = 0;
     while read < expected {
-        let message = messages.next().await.context("the ordered read ended early")??;
+        let message = messages
+            .next()
+            .await
+            .context("the ordered read ended early")??;
         std::hint::black_box(&message.payload);
         read += 1;
     }
@@ -139,7 +155,10 @@ pub struct TraceReport {
     pub rounds: usize,
 }
 
-pub async fn trace(client: &async_nats::Client, settings: &Settings) -> anyhow::Result<TraceReport> {
+pub async fn trace(
+    client: &async_nats::Client,
+    settings: &Settings,
+) -> anyhow::Result<TraceReport> {
     let runs = fill(client, settings).await?;
     let jetstream = jetstream::new(client.clone());
     let namespace = Namespace::default();

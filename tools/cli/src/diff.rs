@@ -171,7 +171,7 @@ mod tests {
             .map(|(i, event)| LogRecord {
                 sequence: i as u64 + 1,
                 time: time::OffsetDateTime::UNIX_EPOCH,
-                subject: format!("events.{}.{}", event.correlation_id, event.r#type),
+                subject: format!("events.{}.{}", event.correlation_id, event.r#type).into(),
                 headers: None,
                 payload: prost::Message::encode_to_vec(event).into(),
             })

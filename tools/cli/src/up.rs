@@ -214,7 +214,7 @@ async fn watch_run(jetstream: &jetstream::Context, correlation_id: &str) -> Resu
     );
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| unavailable(&e))?;
-        let event = choreo_bus::envelope::decode(&message.payload)
+        let event = choreo_bus::envelope::decode(message.payload.clone())
             .map_err(|err| Failure::failed(format!("undecodable event in the run: {err}")))?;
         let at = event_time(&event);
         let offset = match (started, at) {
