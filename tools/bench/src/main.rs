@@ -2,14 +2,15 @@
 //! run, alternating rounds, and prints each scenario's medians and their ratio.
 //!
 //! ```text
-//! choreo-bench publish handle guards flood storm --json
+//! choreo-bench publish handle guards flood storm replay trace --json
 //! ```
 //!
 //! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
 //! (`publish`, `handle`, `guards`) have `scenario`, `raw` and `ours` (medians over the rounds),
 //! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
 //! higher stays better). `flood` and `storm` measure storm control and print their own figures
-//! (see their modules).
+//! (see their modules). `replay` and `trace` read a log of `--log-events` events back (see
+//! `log.rs`); `trace` reports `latency_ms`, `messages_read` and `run_events`.
 
 // Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
 // allocator measured 27% slower on `publish` (see docs/architecture.md).
