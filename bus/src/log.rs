@@ -90,6 +90,25 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
+    /// `event` as it would be stored in `namespace`'s stream at `sequence` and `time`, with no
+    /// headers: for folding events that did not come from a stream, and for tests.
+    pub fn of_event(
+        namespace: &crate::names::Namespace,
+        sequence: u64,
+        time: OffsetDateTime,
+        event: &Event,
+    ) -> Self {
+        LogRecord {
+            sequence,
+            time,
+            subject: namespace
+                .event_subject(&event.correlation_id, &event.r#type)
+                .into(),
+            headers: None,
+            payload: prost::Message::encode_to_vec(event).into(),
+        }
+    }
+
     /// The envelope, for records of an events stream.
     pub fn decode(&self) -> Result<Event, DecodeError> {
         envelope::decode(self.payload.clone())

@@ -241,15 +241,8 @@ mod tests {
     use crate::names::{AgentName, EventType};
 
     fn record(sequence: u64, event: &Event) -> LogRecord {
-        LogRecord {
-            sequence,
-            time: OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(sequence as i64 * 10),
-            subject: Namespace::default()
-                .event_subject(&event.correlation_id, &event.r#type)
-                .into(),
-            headers: None,
-            payload: prost::Message::encode_to_vec(event).into(),
-        }
+        let time = OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(sequence as i64 * 10);
+        LogRecord::of_event(&Namespace::default(), sequence, time, event)
     }
 
     fn emit(event_type: &str) -> Emit {

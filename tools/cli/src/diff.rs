@@ -168,12 +168,13 @@ mod tests {
         let records: Vec<LogRecord> = events
             .iter()
             .enumerate()
-            .map(|(i, event)| LogRecord {
-                sequence: i as u64 + 1,
-                time: time::OffsetDateTime::UNIX_EPOCH,
-                subject: format!("events.{}.{}", event.correlation_id, event.r#type).into(),
-                headers: None,
-                payload: prost::Message::encode_to_vec(event).into(),
+            .map(|(i, event)| {
+                LogRecord::of_event(
+                    &Namespace::default(),
+                    i as u64 + 1,
+                    time::OffsetDateTime::UNIX_EPOCH,
+                    event,
+                )
             })
             .collect();
         RunTrace::from_records(&Namespace::default(), "run", &records, &[])

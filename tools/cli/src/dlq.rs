@@ -34,25 +34,22 @@ enum DlqCommand {
     },
     /// Republish the original events for a fresh delivery to the agent that gave up (after a
     /// fix), and remove their dead letters.
-    Redrive {
-        /// Dead letters by sequence (see `choreo dlq ls`).
-        #[arg(required_unless_present = "all")]
-        sequences: Vec<u64>,
-        /// Every dead letter that matches the filters.
-        #[arg(long, conflicts_with = "sequences")]
-        all: bool,
-        #[command(flatten)]
-        filter: FilterArgs,
-    },
+    Redrive(Selection),
     /// Delete dead letters for good.
-    Purge {
-        #[arg(required_unless_present = "all")]
-        sequences: Vec<u64>,
-        #[arg(long, conflicts_with = "sequences")]
-        all: bool,
-        #[command(flatten)]
-        filter: FilterArgs,
-    },
+    Purge(Selection),
+}
+
+/// Which dead letters a redrive or purge acts on.
+#[derive(Debug, Clone, clap::Args)]
+struct Selection {
+    /// Dead letters by sequence (see `choreo dlq ls`).
+    #[arg(required_unless_present = "all")]
+    sequences: Vec<u64>,
+    /// Every dead letter that matches the filters.
+    #[arg(long, conflicts_with = "sequences")]
+    all: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -133,12 +130,8 @@ pub async fn run(args: DlqArgs) -> Result<(), Failure> {
                 );
             }
         }
-        DlqCommand::Redrive {
-            sequences,
-            all,
-            filter,
-        } => {
-            for sequence in chosen(&store, sequences, all, &filter).await? {
+        DlqCommand::Redrive(selection) => {
+            for sequence in chosen(&store, selection).await? {
                 let redriven = store
                     .redrive(sequence)
                     .await
@@ -152,12 +145,8 @@ pub async fn run(args: DlqArgs) -> Result<(), Failure> {
                 );
             }
         }
-        DlqCommand::Purge {
-            sequences,
-            all,
-            filter,
-        } => {
-            for sequence in chosen(&store, sequences, all, &filter).await? {
+        DlqCommand::Purge(selection) => {
+            for sequence in chosen(&store, selection).await? {
                 store.purge(sequence).await.map_err(Failure::dead_letter)?;
                 println!("purged dead letter {sequence}");
             }
@@ -167,17 +156,12 @@ pub async fn run(args: DlqArgs) -> Result<(), Failure> {
 }
 
 /// The sequences named, or with `--all` every dead letter the filters match.
-async fn chosen(
-    store: &DeadLetterStore,
-    sequences: Vec<u64>,
-    all: bool,
-    filter: &FilterArgs,
-) -> Result<Vec<u64>, Failure> {
-    if !all {
-        return Ok(sequences);
+async fn chosen(store: &DeadLetterStore, selection: Selection) -> Result<Vec<u64>, Failure> {
+    if !selection.all {
+        return Ok(selection.sequences);
     }
     let letters = store
-        .list(&filter.filter()?)
+        .list(&selection.filter.filter()?)
         .await
         .map_err(Failure::dead_letter)?;
     if letters.is_empty() {

@@ -2,7 +2,10 @@
 //! with `--json`.
 
 use choreo_bus::log::LogRecord;
-use choreo_bus::{Event, cloudevents};
+use choreo_bus::names::validate_id;
+use choreo_bus::{Event, Namespace, cloudevents};
+
+use crate::Failure;
 
 use crate::time_arg::format_time;
 
@@ -42,15 +45,46 @@ pub fn undecodable_line(record: &LogRecord, error: &str, json: bool) -> String {
     }
 }
 
-/// The server-side filter for a namespace, run and type, any of which may be absent.
-pub fn subject_filter(
-    namespace: &choreo_bus::Namespace,
-    correlation: Option<&str>,
-    event_type: Option<&str>,
-) -> String {
-    format!(
-        "{namespace}.{}.{}",
-        correlation.unwrap_or("*"),
-        event_type.unwrap_or(">")
-    )
+/// Which events `tail` and `replay` show.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventFilter {
+    /// Only this event type (NATS wildcards allowed: `review.>`).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Only this run.
+    #[arg(long)]
+    pub correlation: Option<String>,
+    /// Only events from this source (agent or external system).
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+impl EventFilter {
+    /// The subject filter the server applies: run and type. Checks the run id first.
+    pub fn subject(&self, namespace: &Namespace) -> Result<String, Failure> {
+        if let Some(correlation) = &self.correlation {
+            validate_id("correlation", correlation).map_err(Failure::usage)?;
+        }
+        Ok(format!(
+            "{namespace}.{}.{}",
+            self.correlation.as_deref().unwrap_or("*"),
+            self.event_type.as_deref().unwrap_or(">")
+        ))
+    }
+
+    /// What the server cannot filter: the source.
+    pub fn admits(&self, event: &Event) -> bool {
+        self.source
+            .as_ref()
+            .is_none_or(|source| *source == event.source)
+    }
+
+    /// The line for `record`, or `None` when the filter leaves it out.
+    pub fn line(&self, record: &LogRecord, json: bool) -> Option<String> {
+        match record.decode() {
+            Ok(event) if !self.admits(&event) => None,
+            Ok(event) => Some(event_line(record, &event, json)),
+            Err(err) => Some(undecodable_line(record, &err.to_string(), json)),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::Failure;
 use crate::connection::Connection;
-use crate::render::{event_line, subject_filter, undecodable_line};
+use crate::render::EventFilter;
 use crate::time_arg::time_value;
 
 /// The attribute a replayed root carries: where it was copied from (`<ns>/<correlation>/<id>`).
@@ -25,15 +25,8 @@ pub struct ReplayArgs {
     /// Up to this time.
     #[arg(long, value_parser = time_value)]
     until: Option<OffsetDateTime>,
-    /// Only this event type (NATS wildcards allowed: `review.>`).
-    #[arg(long = "type", value_name = "TYPE")]
-    event_type: Option<String>,
-    /// Only events from this source.
-    #[arg(long)]
-    source: Option<String>,
-    /// Only this run.
-    #[arg(long)]
-    correlation: Option<String>,
+    #[command(flatten)]
+    filter: EventFilter,
     /// Print each event as a CloudEvents JSON line.
     #[arg(long)]
     json: bool,
@@ -50,9 +43,7 @@ pub struct ReplayArgs {
 
 pub async fn run(args: ReplayArgs) -> Result<(), Failure> {
     let namespace = args.connection.namespace()?;
-    if let Some(correlation) = &args.correlation {
-        validate_id("correlation", correlation).map_err(Failure::usage)?;
-    }
+    let subject = args.filter.subject(&namespace)?;
     if let (Some(since), Some(until)) = (args.since, args.until)
         && since > until
     {
@@ -61,13 +52,9 @@ pub async fn run(args: ReplayArgs) -> Result<(), Failure> {
         ));
     }
     let jetstream = args.connection.jetstream().await?;
-    let query = LogQuery::filtered(subject_filter(
-        &namespace,
-        args.correlation.as_deref(),
-        args.event_type.as_deref(),
-    ))
-    .from(args.since.map_or(From::Start, From::Time))
-    .until(args.until.map_or(Until::End, Until::Time));
+    let query = LogQuery::filtered(subject)
+        .from(args.since.map_or(From::Start, From::Time))
+        .until(args.until.map_or(Until::End, Until::Time));
     let mut reader = LogReader::open(&jetstream, &namespace.stream_name(), query)
         .await
         .map_err(Failure::log)?;
@@ -91,10 +78,8 @@ pub async fn run(args: ReplayArgs) -> Result<(), Failure> {
     let mut shown = 0u64;
     while let Some(record) = reader.next().await.map_err(Failure::log)? {
         bar.inc(1);
-        let line = match record.decode() {
-            Ok(event) if args.source.as_ref().is_some_and(|s| *s != event.source) => continue,
-            Ok(event) => event_line(&record, &event, args.json),
-            Err(err) => undecodable_line(&record, &err.to_string(), args.json),
+        let Some(line) = args.filter.line(&record, args.json) else {
+            continue;
         };
         shown += 1;
         if bar.is_hidden() {
@@ -125,7 +110,7 @@ async fn copy_roots(
             "--into {into} is the namespace being replayed; choose a sandbox namespace"
         )));
     }
-    let correlation = args.correlation.as_deref().unwrap_or_default();
+    let correlation = args.filter.correlation.as_deref().unwrap_or_default();
     let target = args.as_correlation.as_deref().unwrap_or(correlation);
     validate_id("as", target).map_err(Failure::usage)?;
 
@@ -136,7 +121,7 @@ async fn copy_roots(
         }
         if let Ok(event) = record.decode()
             && event.causation_id.is_empty()
-            && args.source.as_ref().is_none_or(|s| *s == event.source)
+            && args.filter.admits(&event)
         {
             roots.push(event);
         }
