@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::envelope::{Emit, JSON, RootEvent};
+use crate::envelope::{self, Emit, JSON, RootEvent};
 use crate::names::{EventType, ValidationError};
 
 /// The attributes this mapping gives a meaning; everything else is an extension.
@@ -52,7 +52,7 @@ pub fn to_json(event: &Event) -> Value {
     object.insert("id".into(), json!(event.id));
     object.insert("source".into(), json!(event.source));
     object.insert("type".into(), json!(event.r#type));
-    if let Some(time) = event.time.as_ref().and_then(timestamp_to_rfc3339) {
+    if let Some(time) = envelope::event_time(event).and_then(|t| t.format(&Rfc3339).ok()) {
         object.insert("time".into(), json!(time));
     }
     object.insert("datacontenttype".into(), json!(event.content_type));
@@ -94,14 +94,6 @@ pub fn data_as_json(event: &Event) -> Option<Value> {
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence == JSON || essence.ends_with("+json")
-}
-
-fn timestamp_to_rfc3339(timestamp: &prost_types::Timestamp) -> Option<String> {
-    let nanos = i128::from(timestamp.seconds) * 1_000_000_000 + i128::from(timestamp.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()?
-        .format(&Rfc3339)
-        .ok()
 }
 
 /// A CloudEvents JSON object as a root event to publish.

@@ -59,6 +59,14 @@ pub struct NatsConfig {
 /// The server URL used when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
+/// Server URLs written as one comma-separated list, as in `NATS_URL`.
+pub fn parse_servers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl NatsConfig {
     pub fn new(url: impl Into<String>) -> Self {
         NatsConfig {
@@ -73,12 +81,7 @@ impl NatsConfig {
     /// `NATS_CLIENT_NAME`.
     pub fn from_env() -> Result<Self, ConnectError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let servers = var("NATS_URL")
-            .unwrap_or_else(|| DEFAULT_URL.to_string())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let servers = parse_servers(&var("NATS_URL").unwrap_or_else(|| DEFAULT_URL.to_string()));
         let require_tls = match var("NATS_REQUIRE_TLS").as_deref() {
             None | Some("false") | Some("0") => false,
             Some("true") | Some("1") => true,

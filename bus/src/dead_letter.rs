@@ -124,11 +124,14 @@ pub struct DeadLetterWriter {
     jetstream: jetstream::Context,
     namespace: Namespace,
     agent: AgentName,
+    /// For the `choreo.dead_lettered` notices.
+    publisher: Publisher,
 }
 
 impl DeadLetterWriter {
     pub fn new(jetstream: jetstream::Context, namespace: Namespace, agent: AgentName) -> Self {
         DeadLetterWriter {
+            publisher: Publisher::new(jetstream.clone(), namespace.clone()),
             jetstream,
             namespace,
             agent,
@@ -205,7 +208,7 @@ impl DeadLetterWriter {
             dead_letter_sequence: stored.sequence,
         };
         let announcement = self.announcement(original, correlation, &notice)?;
-        Publisher::new(self.jetstream.clone(), self.namespace.clone())
+        self.publisher
             .send_event(&announcement)
             .await?
             .confirmed()
@@ -403,14 +406,11 @@ impl DeadLetterStore {
                 reason: letter.reason.clone(),
             });
         };
-        let mut map = HeaderMap::new();
+        // The event's own headers, but a dedup key of its own: the original's id is taken.
+        let mut map = crate::publish::event_headers(&event);
         map.insert(headers::MSG_ID, format!("redrive-{sequence}").as_str());
         map.insert(REDRIVE_FOR, letter.agent.as_str());
         map.insert(REDRIVE_OF, sequence.to_string().as_str());
-        if !event.causation_id.is_empty() {
-            map.insert(headers::CAUSATION_ID, event.causation_id.as_str());
-        }
-        map.insert(headers::DEPTH, event.depth.to_string().as_str());
         let subject = letter.original_subject.clone();
         let size = letter.original.len();
         let ack = self

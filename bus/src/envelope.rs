@@ -317,6 +317,13 @@ pub fn decode(bytes: impl bytes::Buf) -> Result<Event, DecodeError> {
     Ok(event)
 }
 
+/// The event's `time`, when it has one that is a valid date.
+pub fn event_time(event: &Event) -> Option<time::OffsetDateTime> {
+    let time = event.time.as_ref()?;
+    let nanos = i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
 /// Decodes a JSON payload, naming the event in the error.
 pub fn json_data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&event.data)

@@ -187,7 +187,7 @@ impl Publisher {
 }
 
 /// The headers every event message carries.
-fn event_headers(event: &Event) -> HeaderMap {
+pub(crate) fn event_headers(event: &Event) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(headers::MSG_ID, event.id.as_str());
     if !event.causation_id.is_empty() {

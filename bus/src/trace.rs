@@ -198,10 +198,13 @@ impl RunTrace {
                 redrive,
             });
         }
-        for node in &mut trace.nodes {
-            let handled_by = node.handled_by.clone();
-            node.acknowledged_by
-                .retain(|agent| !handled_by.contains(agent));
+        for TraceNode {
+            handled_by,
+            acknowledged_by,
+            ..
+        } in &mut trace.nodes
+        {
+            acknowledged_by.retain(|agent| !handled_by.contains(agent));
         }
         trace
     }

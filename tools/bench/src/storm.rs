@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use choreo_bus::guard::GuardsConfig;
+use choreo_bus::log::{LogQuery, LogReader, Until};
+use choreo_bus::streams::DEAD_LETTER_STREAM;
 use choreo_bus::{
     Agent, DeadLetter, Emit, EventType, HandlerError, Incoming, Publisher, RootEvent, Runtime,
     RuntimeConfig, handler_fn,
@@ -221,17 +223,14 @@ async fn wait_for_dead_letters(
     jetstream: &jetstream::Context,
     expected: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let stream = jetstream.get_stream("DEADLETTERS").await?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig::default())
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let query = LogQuery::default().until(Until::Live);
+    let mut reader = LogReader::open(jetstream, DEAD_LETTER_STREAM, query).await?;
     let mut letters = Vec::with_capacity(expected);
     while letters.len() < expected {
-        let message = tokio::time::timeout(PATIENCE, messages.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("dead letters ended early"))??;
-        letters.push(DeadLetter::decode(message.payload.clone())?);
+        let record = tokio::time::timeout(PATIENCE, reader.next())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("dead letters ended early"))?;
+        letters.push(DeadLetter::decode(record.payload)?);
     }
     Ok(letters)
 }

@@ -44,12 +44,7 @@ impl Connection {
     /// Connects, failing at once (exit 69, naming the URL) when the server is not there.
     pub async fn jetstream(&self) -> Result<jetstream::Context, Failure> {
         let mut config = NatsConfig::new(self.nats_url.clone()).client_name("choreo-cli");
-        config.servers = self
-            .nats_url
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        config.servers = choreo_bus::connect::parse_servers(&self.nats_url);
         config.creds_file = self.creds.clone();
         config.user = self.user.clone();
         config.password = self.password.clone();

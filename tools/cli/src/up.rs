@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
-use choreo_bus::{Emit, Event, EventType, NatsConfig, Publisher, RootEvent, StreamsConfig};
+use async_nats::jetstream;
+use choreo_bus::log::{LogQuery, LogReader, Until};
+use choreo_bus::{Emit, EventType, NatsConfig, Publisher, RootEvent, StreamsConfig};
 use choreo_local_nats::{NatsServer, Options, TestServerError};
-use futures::StreamExt;
 use tokio::process::{Child, Command};
 
 use crate::Failure;
@@ -194,29 +194,21 @@ async fn demo(jetstream: &jetstream::Context) -> Result<(), Failure> {
 
 /// Prints each event of one run as it is stored, until the run's last step.
 async fn watch_run(jetstream: &jetstream::Context, correlation_id: &str) -> Result<(), Failure> {
-    let unavailable = |err: &dyn std::fmt::Display| Failure::unavailable(err.to_string());
-    let stream = jetstream
-        .get_stream(choreo_bus::Namespace::default().stream_name())
+    let namespace = choreo_bus::Namespace::default();
+    let query = LogQuery::filtered(namespace.correlation_filter(correlation_id)).until(Until::Live);
+    let mut reader = LogReader::open(jetstream, &namespace.stream_name(), query)
         .await
-        .map_err(|e| unavailable(&e))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: choreo_bus::Namespace::default().correlation_filter(correlation_id),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+        .map_err(Failure::log)?;
     let mut started: Option<time::OffsetDateTime> = None;
     println!(
         "{:>8}  {:<15} {:<16} {:>5}  caused by",
         "at", "source", "type", "depth"
     );
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| unavailable(&e))?;
-        let event = choreo_bus::envelope::decode(message.payload.clone())
+    while let Some(record) = reader.next().await.map_err(Failure::log)? {
+        let event = record
+            .decode()
             .map_err(|err| Failure::failed(format!("undecodable event in the run: {err}")))?;
-        let at = event_time(&event);
+        let at = choreo_bus::envelope::event_time(&event);
         let offset = match (started, at) {
             (Some(start), Some(at)) => (at - start).whole_milliseconds(),
             _ => {
@@ -244,10 +236,4 @@ async fn watch_run(jetstream: &jetstream::Context, correlation_id: &str) -> Resu
     Err(Failure::failed(
         "the event stream ended before the run completed",
     ))
-}
-
-fn event_time(event: &Event) -> Option<time::OffsetDateTime> {
-    let t = event.time.as_ref()?;
-    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
