@@ -32,6 +32,9 @@ pub struct Emit {
     pub attributes: BTreeMap<String, String>,
     /// LLM tokens spent producing this event; charged to the run's token budget.
     pub tokens_used: u64,
+    /// Set by [`Emit::once_per_run`]: the id comes from (correlation, agent, key) rather than
+    /// from the input, so the run holds at most one such event whatever caused it.
+    pub run_key: Option<String>,
 }
 
 impl Emit {
@@ -43,6 +46,7 @@ impl Emit {
             data,
             attributes: BTreeMap::new(),
             tokens_used: 0,
+            run_key: None,
         }
     }
 
@@ -72,6 +76,16 @@ impl Emit {
     /// Reports the LLM tokens spent producing this event, so the run's token budget counts them.
     pub fn tokens_used(mut self, tokens: u64) -> Self {
         self.tokens_used = tokens;
+        self
+    }
+
+    /// Makes this event one of a kind in its run: its id is derived from the run, the agent and
+    /// `key` instead of from the event being handled, so the stream's deduplication keeps one
+    /// copy however many inputs (or copies of the agent) emit it. A join uses this: two copies
+    /// of an aggregator that each see the last awaited result both emit the report, and the
+    /// run holds it once. Whichever copy is stored first is the one kept.
+    pub fn once_per_run(mut self, key: impl Into<String>) -> Self {
+        self.run_key = Some(key.into());
         self
     }
 }
@@ -228,11 +242,8 @@ pub fn derived_event_id(millis: u64, parts: &[&[u8]]) -> String {
 
 /// The parent's time in milliseconds: from its UUIDv7 id when it has one, else its `time`.
 pub(crate) fn timestamp_millis_of(event: &Event) -> u64 {
-    if let Ok(uuid) = Uuid::parse_str(&event.id)
-        && let Some(ts) = uuid.get_timestamp()
-    {
-        let (secs, nanos) = ts.to_unix();
-        return secs * 1000 + u64::from(nanos) / 1_000_000;
+    if let Some(millis) = uuid_millis(&event.id) {
+        return millis;
     }
     event
         .time
@@ -245,10 +256,38 @@ pub(crate) fn timestamp_millis_of(event: &Event) -> u64 {
         .unwrap_or(0)
 }
 
+/// The time part of a UUIDv7 id, in milliseconds.
+fn uuid_millis(id: &str) -> Option<u64> {
+    let ts = Uuid::parse_str(id).ok()?.get_timestamp()?;
+    let (secs, nanos) = ts.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
 /// Builds the `index`-th child that `agent` emits while handling `parent`: same correlation,
 /// causation = parent id, depth + 1, trace context continued, `time` now.
+///
+/// An emit made [`Emit::once_per_run`] gets [`run_keyed_event_id`] instead.
 pub fn stamp_child(parent: &Event, agent: &AgentName, index: usize, emit: Emit) -> Event {
-    stamp_with_id(parent, agent, child_event_id(parent, agent, index), emit)
+    let id = match &emit.run_key {
+        Some(key) => run_keyed_event_id(&parent.correlation_id, agent, key),
+        None => child_event_id(parent, agent, index),
+    };
+    stamp_with_id(parent, agent, id, emit)
+}
+
+/// The id of the event `agent` emits once in run `correlation_id` under `key`. Its time part is
+/// the correlation id's when that is a UUIDv7 (as generated roots are), so the event still
+/// sorts within its run; a correlation id of another shape gives time 0.
+pub fn run_keyed_event_id(correlation_id: &str, agent: &AgentName, key: &str) -> String {
+    derived_event_id(
+        uuid_millis(correlation_id).unwrap_or(0),
+        &[
+            b"once-per-run",
+            correlation_id.as_bytes(),
+            agent.as_str().as_bytes(),
+            key.as_bytes(),
+        ],
+    )
 }
 
 /// [`stamp_child`] with a chosen id, for the runtime's own notices about an event.
@@ -502,6 +541,28 @@ mod tests {
         );
         assert_eq!(p.trace_id, c.trace_id);
         assert_ne!(p.span_id, c.span_id);
+    }
+
+    #[test]
+    fn a_once_per_run_child_has_the_same_id_whatever_caused_it() {
+        let root = root();
+        let agent = AgentName::new("aggregator").expect("valid");
+        let first_cause = stamp_child(&root, &agent, 0, Emit::json(ty("x.a"), &1).expect("json"));
+        let second_cause = stamp_child(&root, &agent, 1, Emit::json(ty("x.b"), &2).expect("json"));
+        let report = || Emit::json(ty("r.done"), &()).expect("json").once_per_run("round-1");
+        let from_first = stamp_child(&first_cause, &agent, 0, report());
+        let from_second = stamp_child(&second_cause, &agent, 3, report());
+        assert_eq!(from_first.id, from_second.id);
+        assert_eq!(from_first.causation_id, first_cause.id, "causation is still stamped");
+        let other_round = stamp_child(
+            &first_cause,
+            &agent,
+            0,
+            Emit::json(ty("r.done"), &()).expect("json").once_per_run("round-2"),
+        );
+        assert_ne!(other_round.id, from_first.id);
+        // It sorts with its run: the time part is the root's.
+        assert_eq!(uuid_millis(&from_first.id), uuid_millis(&root.id));
     }
 
     #[test]

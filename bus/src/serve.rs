@@ -9,12 +9,13 @@
 //! Exit codes: 0 after a clean shutdown (or `--help`); 64 for bad configuration (the message
 //! names the setting); 69 when the streams are missing or the consumer cannot be bound.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::connect::{InitialConnect, NatsConfig};
-use crate::names::ValidationError;
+use crate::names::{AgentName, Namespace, ValidationError};
 use crate::runtime::{Agent, Handler, Runtime, RuntimeConfig, RuntimeError};
 use crate::settings::AgentSettings;
 
@@ -36,6 +37,48 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 /// # }
 /// ```
 pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H) -> ExitCode {
+    serve_with(agent, |_: NoSettings, _| async { Ok(handler) }).await
+}
+
+/// What an agent's handler may need to be built: its own settings' companions, the connection
+/// (to read the log, say) and the namespace it runs in.
+#[derive(Debug, Clone)]
+pub struct ServeContext {
+    pub client: async_nats::Client,
+    pub namespace: Namespace,
+    pub agent: AgentName,
+}
+
+/// An agent with settings of its own: [`serve`], with `S`'s flags (and their environment
+/// variables) added to the runtime's, parsed and validated with them, and the handler built by
+/// `build` once connected. An error from `build` is bad configuration: exit 64 with its message.
+///
+/// ```no_run
+/// # async fn demo() -> std::process::ExitCode {
+/// #[derive(Debug, clap::Args)]
+/// struct Greeting {
+///     /// The word to greet with.
+///     #[arg(long, env = "GREETING", default_value = "hello")]
+///     word: String,
+/// }
+/// let agent = choreo_bus::Agent::builder("greeter").subscribes("person.arrived").build();
+/// choreo_bus::serve::serve_with(agent, |greeting: Greeting, _context| async move {
+///     let word = greeting.word;
+///     Ok(choreo_bus::handler_fn(move |_event| {
+///         let _ = word.len();
+///         async { Ok(vec![]) }
+///     }))
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn serve_with<S, H, F, Fut>(agent: Result<Agent, ValidationError>, build: F) -> ExitCode
+where
+    S: clap::Args + FromArgMatches,
+    H: Handler,
+    F: FnOnce(S, ServeContext) -> Fut,
+    Fut: Future<Output = Result<H, ValidationError>>,
+{
     let agent = match agent {
         Ok(agent) => agent,
         Err(err) => {
@@ -47,8 +90,8 @@ pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H
         eprintln!("{}: {err}", agent.name());
         return ExitCode::from(EXIT_CONFIG);
     }
-    let config = match settings_from_args(&agent) {
-        Ok(config) => config,
+    let (config, own_settings) = match settings_from_args::<S>(&agent) {
+        Ok(settings) => settings,
         Err(exit) => return exit,
     };
     tracing::info!(agent = %agent.name(), guards = %config.guards, "settings in effect");
@@ -61,6 +104,15 @@ pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H
     };
     let client = match nats.connect().await {
         Ok(client) => client,
+        Err(err) => return config_error(&agent, &err),
+    };
+    let context = ServeContext {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        agent: agent.name().clone(),
+    };
+    let handler = match build(own_settings, context).await {
+        Ok(handler) => handler,
         Err(err) => return config_error(&agent, &err),
     };
     let name = agent.name().clone();
@@ -81,6 +133,10 @@ pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H
     }
 }
 
+/// The settings of an agent that has none of its own.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct NoSettings {}
+
 fn config_error(agent: &Agent, err: &dyn std::fmt::Display) -> ExitCode {
     tracing::error!(agent = %agent.name(), "{err}");
     eprintln!("{}: {err}", agent.name());
@@ -88,20 +144,29 @@ fn config_error(agent: &Agent, err: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// Parses the process's flags (and the environment and file behind them) into a runtime
-/// configuration, or the exit code to leave with: 0 after `--help`, 64 for a bad setting.
-fn settings_from_args(agent: &Agent) -> Result<RuntimeConfig, ExitCode> {
-    let command = AgentSettings::command().name(format!("choreo-{}", agent.name()));
-    let settings = command
+/// configuration and the agent's own settings, or the exit code to leave with: 0 after
+/// `--help`, 64 for a bad setting.
+fn settings_from_args<S: clap::Args + FromArgMatches>(
+    agent: &Agent,
+) -> Result<(RuntimeConfig, S), ExitCode> {
+    let command = S::augment_args(AgentSettings::command().name(format!("choreo-{}", agent.name())));
+    let (settings, own) = command
         .try_get_matches()
-        .and_then(|matches| AgentSettings::from_arg_matches(&matches))
+        .and_then(|matches| {
+            Ok((
+                AgentSettings::from_arg_matches(&matches)?,
+                S::from_arg_matches(&matches)?,
+            ))
+        })
         .map_err(|err| {
             let code = if err.use_stderr() { EXIT_CONFIG } else { 0 };
             // Prints help and version to stdout, errors to stderr, as clap formats them.
             let _ = err.print();
             ExitCode::from(code)
         })?;
-    settings
+    let config = settings
         .with_file()
         .and_then(|settings| settings.runtime_config())
-        .map_err(|err| config_error(agent, &err))
+        .map_err(|err| config_error(agent, &err))?;
+    Ok((config, own))
 }

@@ -194,6 +194,28 @@ impl Projector {
         let query = LogQuery::filtered(self.namespace.all_events())
             .from(from)
             .until(as_of.until());
+        self.fold(folded, query).await
+    }
+
+    /// One run's state: `P` folded from the events of `correlation_id` only, as the log holds
+    /// them now. The read is filtered by the server to the run's subjects, so it costs the
+    /// run's size, not the stream's; no snapshot is involved. A join that must see every
+    /// result of its run, whichever copy of the agent handled them, folds its state this way.
+    pub async fn fold_run<P: Projection>(
+        &self,
+        correlation_id: &str,
+    ) -> Result<Folded<P>, ProjectionError> {
+        let mut folded = Folded::<P>::default();
+        let query = LogQuery::filtered(self.namespace.correlation_filter(correlation_id));
+        self.fold(&mut folded, query).await?;
+        Ok(folded)
+    }
+
+    async fn fold<P: Projection>(
+        &self,
+        folded: &mut Folded<P>,
+        query: LogQuery,
+    ) -> Result<(), ProjectionError> {
         let reader = LogReader::open(&self.jetstream, &self.namespace.stream_name(), query).await?;
         // The read runs in its own task so decoding and folding use the other core.
         let mut batches = reader.in_batches(FOLD_BATCH);

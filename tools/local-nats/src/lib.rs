@@ -8,12 +8,16 @@
 //! The binary is found, in order, at `$NATS_SERVER_BIN`, as `nats-server` on `PATH`, or in the
 //! project-local install that `scripts/ensure-nats-server` makes (`.tools/nats/bin`).
 //!
+//! [`process`] starts agents as their own processes beside it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), choreo_local_nats::TestServerError> {
 //! let server = choreo_local_nats::NatsServer::start().await?;
 //! let client = async_nats::connect(server.url()).await.expect("connects");
 //! # Ok(()) }
 //! ```
+
+pub mod process;
 
 use std::path::{Path, PathBuf};
 
