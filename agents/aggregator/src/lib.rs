@@ -1,0 +1,114 @@
+//! `aggregator`: the join. When every specialist a round waits for has completed (with all its
+//! findings in the log), or the round's deadline passes, it emits `review.completed`: a report
+//! with a synthesized summary over each specialist's raw output, kept verbatim.
+//!
+//! Its join state is a projection ([`join::ReviewJoin`]) folded from the run's own events each
+//! time it decides: the log, not the process, holds the state, so a restarted aggregator, or
+//! another copy of it, decides from everything the run holds, whichever copy handled what.
+//! The read is filtered to the run's subjects, so it costs the run's size. Two copies that both
+//! see a round complete both emit its report with the same once-per-run id, and the stream
+//! keeps one. Deadlines come from [`deadline`].
+
+pub mod deadline;
+pub mod join;
+
+use std::time::Duration;
+
+use choreo_bus::projection::Projector;
+use choreo_bus::serve::ServeContext;
+use choreo_bus::settings::HumanDuration;
+use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
+use choreo_review::events::{COMPLETED, DEADLINE, PLANNED, SPECIALIST_COMPLETED};
+use choreo_review::{emit_json, unexpected_type};
+
+use crate::join::{Decision, ReviewJoin};
+
+pub fn agent() -> Result<Agent, ValidationError> {
+    Agent::builder("aggregator")
+        .subscribes(PLANNED)
+        .subscribes(SPECIALIST_COMPLETED)
+        .subscribes(DEADLINE)
+        .emits(COMPLETED)
+        // Published by the deadline watch, not by the handler.
+        .emits(DEADLINE)
+        .build()
+}
+
+/// The aggregator's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// How long a round waits for its specialists before it is reported without them.
+    #[arg(long, env = "CHOREO_REVIEW_DEADLINE", default_value = "2m")]
+    pub review_deadline: HumanDuration,
+}
+
+/// Builds the handler and starts the deadline watch beside it.
+pub async fn build(settings: Settings, context: ServeContext) -> Result<Aggregator, ValidationError> {
+    let deadline = settings.review_deadline.0;
+    if deadline.is_zero() {
+        return Err(ValidationError::new("review-deadline", "must be above zero"));
+    }
+    let jetstream = async_nats::jetstream::new(context.client);
+    tokio::spawn(keep_watching(
+        jetstream.clone(),
+        context.namespace.clone(),
+        context.agent,
+        deadline,
+    ));
+    Ok(Aggregator {
+        projector: Projector::new(jetstream, context.namespace),
+    })
+}
+
+/// Runs the deadline watch for as long as the process runs, starting it again after a failure.
+async fn keep_watching(
+    jetstream: async_nats::jetstream::Context,
+    namespace: choreo_bus::Namespace,
+    agent: choreo_bus::AgentName,
+    deadline: Duration,
+) {
+    loop {
+        let outcome =
+            deadline::watch(jetstream.clone(), namespace.clone(), agent.clone(), deadline).await;
+        match outcome {
+            Ok(()) => tracing::warn!("the review deadline watch's read ended; starting it again"),
+            Err(err) => tracing::warn!("the review deadline watch failed: {err}; starting it again"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The join's handler.
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    projector: Projector,
+}
+
+impl choreo_bus::Handler for Aggregator {
+    async fn handle(&self, event: &Incoming) -> Result<Vec<Emit>, HandlerError> {
+        if ![PLANNED, SPECIALIST_COMPLETED, DEADLINE].contains(&event.r#type.as_str()) {
+            return Err(unexpected_type(&event.r#type));
+        }
+        let join = self
+            .projector
+            .fold_run::<ReviewJoin>(&event.correlation_id)
+            .await
+            .map_err(|err| HandlerError::retryable(format!("cannot read the run: {err}")))?;
+        emits_for(&join.state)
+    }
+}
+
+/// What the join emits in its current state.
+pub fn emits_for(join: &ReviewJoin) -> Result<Vec<Emit>, HandlerError> {
+    match join.decide() {
+        Decision::Wait => Ok(Vec::new()),
+        Decision::FindingsInFlight(why) => Err(HandlerError::retryable(why)),
+        Decision::Report(report) => {
+            let key = format!("round-{}", report.round);
+            Ok(vec![emit_json(COMPLETED, &report)?.once_per_run(key)])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! The `triage` agent as its own process; `--help` lists its settings.
+
+use std::process::ExitCode;
+
+// Every choreo binary uses mimalloc: the event path allocates per message (docs/architecture.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    choreo_bus::serve(choreo_agent_triage::agent(), choreo_agent_triage::Handler).await
+}
