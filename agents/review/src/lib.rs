@@ -10,6 +10,7 @@
 //! - [`llm`]: the chat-completions brain, with retries, a breaker and token accounting.
 //! - [`specialist`]: the handler and `main` every specialist shares.
 //! - [`report`]: the aggregator's [`Report`] and its Markdown.
+//! - [`samples`]: a sample change, for the demo, the tests and the benchmark.
 //! - [`testing`]: building delivered events for the agents' unit tests.
 //!
 //! Each agent is its own crate under `agents/`; this crate holds what more than one of them
@@ -21,6 +22,7 @@ pub mod events;
 pub mod finding;
 pub mod llm;
 pub mod report;
+pub mod samples;
 pub mod specialist;
 pub mod testing;
 

@@ -1,29 +1,37 @@
 //! `choreo up`: a nats-server (unless `NATS_URL` names one) with its store in a project-local
-//! folder, the streams, and every agent as its own process. `--demo` also submits a sample text
-//! and prints its run as it happens, then stops everything.
+//! folder, the streams, and every agent of the review team as its own process. `--demo` also
+//! submits a sample change, prints its events as they are stored, and when the review is
+//! delivered prints the run's trace and the report, then stops everything.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use choreo_bus::log::{LogQuery, LogReader, Until};
-use choreo_bus::{Emit, EventType, NatsConfig, Publisher, RootEvent, StreamsConfig};
+use choreo_bus::projection::run_board::agent_positions;
+use choreo_bus::trace::RunTrace;
+use choreo_bus::{NatsConfig, Publisher, RootEvent, StreamsConfig};
+use choreo_local_nats::process::{AgentProcess, sibling_binary};
 use choreo_local_nats::{NatsServer, Options, TestServerError};
-use tokio::process::{Child, Command};
+use choreo_review::events::{DELIVERED, REQUESTED};
 
 use crate::Failure;
 
-/// The agents `up` starts, by binary name.
-pub const AGENTS: [&str; 2] = ["choreo-counter", "choreo-reporter"];
-/// The event that ends a demo run.
-const DEMO_DONE: &str = "report.written";
-/// How long a demo run may take.
-const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The agents `up` starts, by binary name: the review team.
+pub const AGENTS: [&str; 8] = [
+    "choreo-triage",
+    "choreo-security",
+    "choreo-performance",
+    "choreo-style",
+    "choreo-tests",
+    "choreo-aggregator",
+    "choreo-editor",
+    "choreo-notifier",
+];
+/// How long a demo review may take.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long agents get to drain after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
-
-const DEMO_TEXT: &str = "No conductor here:\neach agent hears an event, does one job,\nand tells the others what it did.";
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -63,20 +71,35 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let logs = args.dir.join("logs");
     std::fs::create_dir_all(&logs)
         .map_err(|err| Failure::unavailable(format!("cannot create {}: {err}", logs.display())))?;
+    let reports = std::env::var_os("CHOREO_REPORTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| args.dir.join("reports"));
     let mut agents = Vec::new();
     for name in AGENTS {
-        agents.push((name, spawn_agent(name, &url, &logs)?));
+        let binary = sibling_binary(name).map_err(|err| Failure::unavailable(err.to_string()))?;
+        let env = [
+            ("NATS_URL", url.clone()),
+            ("CHOREO_REPORTS_DIR", reports.display().to_string()),
+        ];
+        let agent = AgentProcess::start(&binary, env, &logs.join(format!("{name}.log")))
+            .map_err(|err| Failure::unavailable(err.to_string()))?;
+        agents.push(agent);
     }
 
     println!("choreo is up");
     println!("  NATS      {url}");
-    for (name, child) in &agents {
+    for agent in &agents {
         println!(
-            "  agent     {name} (pid {})",
-            child.id().unwrap_or_default()
+            "  agent     {} (pid {})",
+            agent.name(),
+            agent.pid().unwrap_or_default()
         );
     }
     println!("  logs      {}", logs.display());
+    println!("  reports   {}", reports.display());
+    println!(
+        "  try       choreo publish {REQUESTED} --data @review.json   (then: choreo state, choreo trace RUN)"
+    );
 
     let outcome = if args.demo {
         demo(&jetstream).await
@@ -107,103 +130,73 @@ async fn start_server(args: &UpArgs) -> Result<NatsServer, Failure> {
         })
 }
 
-/// The directory holding this binary, where `cargo build` also puts the agents.
-fn binaries_dir() -> Result<PathBuf, Failure> {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .ok_or_else(|| Failure::unavailable("cannot tell where the choreo binary is"))
-}
-
-fn spawn_agent(name: &str, url: &str, logs: &Path) -> Result<Child, Failure> {
-    let binary = binaries_dir()?.join(name);
-    if !binary.is_file() {
-        return Err(Failure::unavailable(format!(
-            "agent binary {} not found: build every binary with `cargo build --bins`",
-            binary.display()
-        )));
-    }
-    let log_path = logs.join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path).map_err(|err| {
-        Failure::unavailable(format!("cannot write {}: {err}", log_path.display()))
-    })?;
-    let log_err = log
-        .try_clone()
-        .map_err(|err| Failure::unavailable(err.to_string()))?;
-    Command::new(&binary)
-        .env("NATS_URL", url)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| Failure::unavailable(format!("cannot start {}: {err}", binary.display())))
-}
-
 /// Asks each agent to stop (SIGTERM) and waits for it to drain; kills it after the grace.
-async fn stop_agents(agents: Vec<(&str, Child)>) {
-    for (_, child) in &agents {
-        if let Some(pid) = child.id() {
-            // Through kill(1): a clean SIGTERM without unsafe code or another dependency.
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
+async fn stop_agents(agents: Vec<AgentProcess>) {
+    let stops = agents.into_iter().map(|mut agent| async move {
+        match agent.terminate(STOP_GRACE).await {
+            Some(status) if status.success() => {}
+            Some(status) => eprintln!("choreo: agent {} exited with {status}", agent.name()),
+            None => eprintln!(
+                "choreo: agent {} did not stop in {STOP_GRACE:?}; killed it",
+                agent.name()
+            ),
         }
-    }
-    for (name, mut child) in agents {
-        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => eprintln!("choreo: agent {name} exited with {status}"),
-            Ok(Err(err)) => eprintln!("choreo: agent {name}: {err}"),
-            Err(_) => {
-                eprintln!("choreo: agent {name} did not stop in {STOP_GRACE:?}; killing it");
-                let _ = child.kill().await;
-            }
-        }
-    }
+    });
+    futures::future::join_all(stops).await;
 }
 
-/// Submits the sample text and prints the run until `report.written`.
+/// Submits the sample change, prints the run until the report is delivered, then its trace
+/// and the report.
 async fn demo(jetstream: &jetstream::Context) -> Result<(), Failure> {
-    let submitted = choreo_agent_counter::Submitted {
-        text: DEMO_TEXT.to_string(),
-    };
-    let event_type = EventType::new(choreo_agent_counter::SUBMITTED)
+    let request = choreo_review::samples::refunds_request();
+    let emit = choreo_review::emit_json(REQUESTED, &request)
         .map_err(|err| Failure::failed(err.to_string()))?;
-    let emit =
-        Emit::json(event_type, &submitted).map_err(|err| Failure::failed(err.to_string()))?;
     let publisher = Publisher::new(jetstream.clone(), Default::default());
     let published = publisher
         .publish_root(RootEvent::new(emit, "choreo-up-demo"))
         .await
         .map_err(|err| Failure::unavailable(err.to_string()))?;
-    println!(
-        "\nsubmitted a sample text as run {}\n",
-        published.correlation_id
-    );
+    let correlation_id = published.correlation_id;
+    println!("\nsubmitted the sample change for review as run {correlation_id}\n");
 
-    let watch = watch_run(jetstream, &published.correlation_id);
-    match tokio::time::timeout(DEMO_TIMEOUT, watch).await {
-        Ok(result) => result,
-        Err(_) => Err(Failure::failed(format!(
-            "the run did not reach {DEMO_DONE} within {DEMO_TIMEOUT:?}; see the agents' logs"
-        ))),
+    let watch = watch_run(jetstream, &correlation_id);
+    let delivered = match tokio::time::timeout(DEMO_TIMEOUT, watch).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Failure::failed(format!(
+                "the review was not delivered within {DEMO_TIMEOUT:?}; see the agents' logs \
+                 and `choreo trace {correlation_id}`"
+            )));
+        }
+    };
+    let namespace = choreo_bus::Namespace::default();
+    let agents = agent_positions(jetstream, &namespace)
+        .await
+        .map_err(Failure::log)?;
+    let trace = RunTrace::read(jetstream, &namespace, &correlation_id, &agents)
+        .await
+        .map_err(Failure::trace)?;
+    println!("\nthe run's trace (choreo trace {correlation_id}):\n");
+    print!("{}", crate::trace::tree(&trace, false));
+    println!("\nthe report ({}):\n", delivered.target);
+    if let Ok(report) = std::fs::read_to_string(&delivered.target) {
+        println!("{report}");
     }
+    Ok(())
 }
 
-/// Prints each event of one run as it is stored, until the run's last step.
-async fn watch_run(jetstream: &jetstream::Context, correlation_id: &str) -> Result<(), Failure> {
+/// Prints each event of one run as it is stored, until the report is delivered.
+async fn watch_run(
+    jetstream: &jetstream::Context,
+    correlation_id: &str,
+) -> Result<choreo_review::events::ReviewDelivered, Failure> {
     let namespace = choreo_bus::Namespace::default();
     let query = LogQuery::filtered(namespace.correlation_filter(correlation_id)).until(Until::Live);
     let mut reader = LogReader::open(jetstream, &namespace.stream_name(), query)
         .await
         .map_err(Failure::log)?;
     let mut started: Option<time::OffsetDateTime> = None;
-    println!(
-        "{:>8}  {:<15} {:<16} {:>5}  caused by",
-        "at", "source", "type", "depth"
-    );
+    println!("{:>8}  {:<15} {:<28} {:>5}", "at", "source", "type", "depth");
     while let Some(record) = reader.next().await.map_err(Failure::log)? {
         let event = record
             .decode()
@@ -217,23 +210,15 @@ async fn watch_run(jetstream: &jetstream::Context, correlation_id: &str) -> Resu
             }
         };
         println!(
-            "{:>6}ms  {:<15} {:<16} {:>5}  {}",
-            offset,
-            event.source,
-            event.r#type,
-            event.depth,
-            if event.causation_id.is_empty() {
-                "-"
-            } else {
-                &event.causation_id
-            }
+            "{:>6}ms  {:<15} {:<28} {:>5}",
+            offset, event.source, event.r#type, event.depth
         );
-        if event.r#type == DEMO_DONE {
-            println!("\n{}", String::from_utf8_lossy(&event.data));
-            return Ok(());
+        if event.r#type == DELIVERED {
+            return serde_json::from_slice(&event.data)
+                .map_err(|err| Failure::failed(format!("review.delivered is not JSON: {err}")));
         }
     }
     Err(Failure::failed(
-        "the event stream ended before the run completed",
+        "the event stream ended before the review was delivered",
     ))
 }

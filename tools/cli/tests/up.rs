@@ -1,11 +1,11 @@
-//! `choreo up --demo` end to end: the agents run as separate processes against a real
-//! nats-server and the sample run completes. Needs the agents' binaries (`scripts/test` builds
+//! `choreo up --demo` end to end: the review team runs as separate processes against a real
+//! nats-server and the sample change's review is delivered. Needs the agents' binaries (`scripts/test` builds
 //! them first).
 
 use std::process::Command;
 
 #[tokio::test]
-async fn up_demo_runs_the_sample_through_both_agent_processes() -> anyhow::Result<()> {
+async fn up_demo_reviews_the_sample_change_with_every_agent_process() -> anyhow::Result<()> {
     let server = choreo_local_nats::NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
     let output = tokio::task::spawn_blocking({
@@ -27,12 +27,26 @@ async fn up_demo_runs_the_sample_through_both_agent_processes() -> anyhow::Resul
         "exit {:?}\n{stdout}\n{stderr}",
         output.status
     );
-    let steps: Vec<&str> = ["text.submitted", "text.counted", "report.written"]
-        .into_iter()
-        .filter(|step| stdout.contains(step))
-        .collect();
-    assert_eq!(steps.len(), 3, "missing steps in:\n{stdout}");
-    assert!(stdout.contains("18 words in 3 lines"), "{stdout}");
+    for step in [
+        "review.requested",
+        "review.planned",
+        "review.specialist.completed",
+        "review.completed",
+        "review.approved",
+        "review.delivered",
+    ] {
+        assert!(stdout.contains(step), "no {step} in:\n{stdout}");
+    }
+    for specialist in ["security", "performance", "style", "tests"] {
+        assert!(
+            stdout.contains(&format!("#### {specialist} (rules {specialist}-rules-v1)")),
+            "no raw output of {specialist} in the printed report:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("the run's trace"), "{stdout}");
+    assert!(stdout.contains("Verdict: changes requested"), "{stdout}");
+    let reports: Vec<_> = std::fs::read_dir(dir.path().join("reports"))?.collect();
+    assert_eq!(reports.len(), 1, "the notifier wrote one report file");
     Ok(())
 }
 
