@@ -549,16 +549,25 @@ mod tests {
         let agent = AgentName::new("aggregator").expect("valid");
         let first_cause = stamp_child(&root, &agent, 0, Emit::json(ty("x.a"), &1).expect("json"));
         let second_cause = stamp_child(&root, &agent, 1, Emit::json(ty("x.b"), &2).expect("json"));
-        let report = || Emit::json(ty("r.done"), &()).expect("json").once_per_run("round-1");
+        let report = || {
+            Emit::json(ty("r.done"), &())
+                .expect("json")
+                .once_per_run("round-1")
+        };
         let from_first = stamp_child(&first_cause, &agent, 0, report());
         let from_second = stamp_child(&second_cause, &agent, 3, report());
         assert_eq!(from_first.id, from_second.id);
-        assert_eq!(from_first.causation_id, first_cause.id, "causation is still stamped");
+        assert_eq!(
+            from_first.causation_id, first_cause.id,
+            "causation is still stamped"
+        );
         let other_round = stamp_child(
             &first_cause,
             &agent,
             0,
-            Emit::json(ty("r.done"), &()).expect("json").once_per_run("round-2"),
+            Emit::json(ty("r.done"), &())
+                .expect("json")
+                .once_per_run("round-2"),
         );
         assert_ne!(other_round.id, from_first.id);
         // It sorts with its run: the time part is the root's.

@@ -149,7 +149,8 @@ fn config_error(agent: &Agent, err: &dyn std::fmt::Display) -> ExitCode {
 fn settings_from_args<S: clap::Args + FromArgMatches>(
     agent: &Agent,
 ) -> Result<(RuntimeConfig, S), ExitCode> {
-    let command = S::augment_args(AgentSettings::command().name(format!("choreo-{}", agent.name())));
+    let command =
+        S::augment_args(AgentSettings::command().name(format!("choreo-{}", agent.name())));
     let (settings, own) = command
         .try_get_matches()
         .and_then(|matches| {

@@ -5,6 +5,8 @@
 //! The bus's conformance suite (`bus/tests/`) and the multi-agent and fault tests in this
 //! directory share it.
 
+pub mod team;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -51,7 +51,8 @@ impl OpenRounds {
             },
             COMPLETED => {
                 if let Ok(report) = serde_json::from_slice::<ReportRound>(&event.data) {
-                    self.open.remove(&(event.correlation_id.clone(), report.round));
+                    self.open
+                        .remove(&(event.correlation_id.clone(), report.round));
                 }
                 return;
             }
@@ -130,11 +131,15 @@ pub async fn watch(
     // report has not been read yet; then live from there.
     let stream = namespace.stream_name();
     let mut rounds = OpenRounds::new(deadline);
-    let mut caught_up = LogReader::open(&jetstream, &stream, LogQuery {
-        filters: filters.clone(),
-        from: From::Start,
-        until: Until::End,
-    })
+    let mut caught_up = LogReader::open(
+        &jetstream,
+        &stream,
+        LogQuery {
+            filters: filters.clone(),
+            from: From::Start,
+            until: Until::End,
+        },
+    )
     .await?;
     let mut last = 0;
     while let Some(record) = caught_up.next().await? {
@@ -250,6 +255,9 @@ mod tests {
         let again = deadline_event(&planned, &agent, 1).expect("event");
         assert_eq!(first.id, again.id);
         assert_eq!(first.causation_id, planned.id);
-        assert_ne!(deadline_event(&planned, &agent, 2).expect("event").id, first.id);
+        assert_ne!(
+            deadline_event(&planned, &agent, 2).expect("event").id,
+            first.id
+        );
     }
 }

@@ -55,8 +55,8 @@ impl Projection for ReviewJoin {
         };
         match event.r#type.as_str() {
             PLANNED => {
-                let Some(planned) = json(event)
-                    .and_then(|v| serde_json::from_value::<ReviewPlanned>(v).ok())
+                let Some(planned) =
+                    json(event).and_then(|v| serde_json::from_value::<ReviewPlanned>(v).ok())
                 else {
                     return;
                 };
@@ -146,7 +146,9 @@ impl ReviewJoin {
         for specialist in &round.expected {
             match self.completion(specialist, number) {
                 None => missing.push(specialist.clone()),
-                Some(completed) if self.findings_of(specialist, number).len() < completed.findings => {
+                Some(completed)
+                    if self.findings_of(specialist, number).len() < completed.findings =>
+                {
                     if !round.deadline_passed {
                         return Decision::FindingsInFlight(format!(
                             "{specialist} reported {} findings in round {number}; not all are \

@@ -43,10 +43,16 @@ pub struct Settings {
 }
 
 /// Builds the handler and starts the deadline watch beside it.
-pub async fn build(settings: Settings, context: ServeContext) -> Result<Aggregator, ValidationError> {
+pub async fn build(
+    settings: Settings,
+    context: ServeContext,
+) -> Result<Aggregator, ValidationError> {
     let deadline = settings.review_deadline.0;
     if deadline.is_zero() {
-        return Err(ValidationError::new("review-deadline", "must be above zero"));
+        return Err(ValidationError::new(
+            "review-deadline",
+            "must be above zero",
+        ));
     }
     let jetstream = async_nats::jetstream::new(context.client);
     tokio::spawn(keep_watching(
@@ -68,11 +74,18 @@ async fn keep_watching(
     deadline: Duration,
 ) {
     loop {
-        let outcome =
-            deadline::watch(jetstream.clone(), namespace.clone(), agent.clone(), deadline).await;
+        let outcome = deadline::watch(
+            jetstream.clone(),
+            namespace.clone(),
+            agent.clone(),
+            deadline,
+        )
+        .await;
         match outcome {
             Ok(()) => tracing::warn!("the review deadline watch's read ended; starting it again"),
-            Err(err) => tracing::warn!("the review deadline watch failed: {err}; starting it again"),
+            Err(err) => {
+                tracing::warn!("the review deadline watch failed: {err}; starting it again")
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -50,7 +50,13 @@ impl Run {
         self.events.last().expect("just pushed")
     }
 
-    fn finding(&mut self, specialist: &str, round: u32, severity: Severity, suggestion: Option<&str>) {
+    fn finding(
+        &mut self,
+        specialist: &str,
+        round: u32,
+        severity: Severity,
+        suggestion: Option<&str>,
+    ) {
         let finding = Finding {
             file: "x.py".into(),
             line: 1,
@@ -91,8 +97,12 @@ impl Run {
         let namespace = Namespace::default();
         let mut join = ReviewJoin::default();
         for (i, event) in self.events.iter().enumerate() {
-            let record =
-                LogRecord::of_event(&namespace, i as u64 + 1, time::OffsetDateTime::now_utc(), event);
+            let record = LogRecord::of_event(
+                &namespace,
+                i as u64 + 1,
+                time::OffsetDateTime::now_utc(),
+                event,
+            );
             join.apply(event, &record);
         }
         join
@@ -114,18 +124,39 @@ fn emit(event_type: &str, payload: &impl serde::Serialize) -> choreo_bus::Emit {
 #[test]
 fn waits_for_every_planned_specialist_then_reports_their_raw_outputs_verbatim() {
     let mut run = Run::planned(&["security", "style"]);
-    run.finding("security", 1, Severity::Critical, Some("read it from the environment"));
+    run.finding(
+        "security",
+        1,
+        Severity::Critical,
+        Some("read it from the environment"),
+    );
     run.completed("security", 1, 1);
-    assert!(emits_for(&run.join()).expect("decides").is_empty(), "style is still out");
+    assert!(
+        emits_for(&run.join()).expect("decides").is_empty(),
+        "style is still out"
+    );
 
-    run.finding("style", 1, Severity::Low, Some("break the line after the comma"));
-    run.finding("style", 1, Severity::Medium, Some("rename it to total_amount"));
+    run.finding(
+        "style",
+        1,
+        Severity::Low,
+        Some("break the line after the comma"),
+    );
+    run.finding(
+        "style",
+        1,
+        Severity::Medium,
+        Some("rename it to total_amount"),
+    );
     run.completed("style", 1, 2);
     let report = run.report();
     assert_eq!(report.round, 1);
     assert_eq!(report.verdict, Verdict::ChangesRequested);
     let severities: Vec<_> = report.findings.iter().map(|f| f.finding.severity).collect();
-    assert_eq!(severities, [Severity::Critical, Severity::Medium, Severity::Low]);
+    assert_eq!(
+        severities,
+        [Severity::Critical, Severity::Medium, Severity::Low]
+    );
     assert_eq!(report.specialists.len(), 2);
     assert_eq!(
         report.specialists[0].raw_output,
@@ -134,9 +165,14 @@ fn waits_for_every_planned_specialist_then_reports_their_raw_outputs_verbatim() 
     assert_eq!(report.tokens, 14);
     let markdown = report.markdown();
     let summary_at = markdown.find(&report.summary).expect("summary in the page");
-    let raw_at = markdown.find("raw output of style").expect("raw output in the page");
+    let raw_at = markdown
+        .find("raw output of style")
+        .expect("raw output in the page");
     assert!(summary_at < raw_at, "the summary comes first");
-    assert!(markdown.contains("````\nraw output of security"), "a fence longer than the output's");
+    assert!(
+        markdown.contains("````\nraw output of security"),
+        "a fence longer than the output's"
+    );
 }
 
 #[test]
@@ -149,7 +185,10 @@ fn the_report_is_one_of_a_kind_in_the_run_whatever_triggered_it() {
     assert_eq!(report.verdict, Verdict::Clean);
 
     run.push("aggregator", COMPLETED, &report);
-    assert!(emits_for(&run.join()).expect("decides").is_empty(), "reported once");
+    assert!(
+        emits_for(&run.join()).expect("decides").is_empty(),
+        "reported once"
+    );
 }
 
 #[test]
@@ -168,7 +207,11 @@ fn a_passed_deadline_reports_without_the_missing_specialist() {
     run.push("aggregator", DEADLINE, &DeadlinePassed { round: 1 });
     let report = run.report();
     assert_eq!(report.missing, ["performance"]);
-    assert!(report.summary.contains("No answer from performance"), "{}", report.summary);
+    assert!(
+        report.summary.contains("No answer from performance"),
+        "{}",
+        report.summary
+    );
     assert_eq!(report.specialists[1].round, None);
 }
 
@@ -194,14 +237,26 @@ fn a_revision_round_waits_only_for_the_revised_specialist_and_keeps_the_others()
         },
     };
     run.push("editor", REVISION_REQUESTED, &revision);
-    assert!(emits_for(&run.join()).expect("decides").is_empty(), "security is revising");
+    assert!(
+        emits_for(&run.join()).expect("decides").is_empty(),
+        "security is revising"
+    );
 
-    run.finding("security", 2, Severity::High, Some("pass the id as a query parameter"));
+    run.finding(
+        "security",
+        2,
+        Severity::High,
+        Some("pass the id as a query parameter"),
+    );
     run.completed("security", 2, 1);
     let second = run.report();
     assert_eq!(second.round, 2);
     let rounds: Vec<_> = second.specialists.iter().map(|s| s.round).collect();
     assert_eq!(rounds, [Some(2), Some(1)]);
-    assert_eq!(second.findings.len(), 1, "round 1's security finding is replaced");
+    assert_eq!(
+        second.findings.len(),
+        1,
+        "round 1's security finding is replaced"
+    );
     assert!(second.findings[0].finding.has_concrete_suggestion());
 }

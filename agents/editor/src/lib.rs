@@ -32,7 +32,9 @@ pub struct Settings {
 /// What the editor decides about one report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    Approve { unresolved: Vec<Finding> },
+    Approve {
+        unresolved: Vec<Finding>,
+    },
     /// Findings to send back, per specialist.
     Revise(BTreeMap<String, Vec<Finding>>),
 }
@@ -86,13 +88,18 @@ impl<P: Plans> choreo_bus::Handler for Editor<P> {
     async fn handle(&self, event: &Incoming) -> Result<Vec<Emit>, HandlerError> {
         let report: Report = event.json()?;
         match check(&report, self.max_rounds) {
-            Verdict::Approve { unresolved } => {
-                Ok(vec![emit_json(APPROVED, &ReviewApproved { report, unresolved })?])
-            }
+            Verdict::Approve { unresolved } => Ok(vec![emit_json(
+                APPROVED,
+                &ReviewApproved { report, unresolved },
+            )?]),
             Verdict::Revise(lacking) => {
-                let plan = self.plans.plan(&event.correlation_id).await?.ok_or_else(|| {
-                    HandlerError::permanent("the run has no review.planned to revise")
-                })?;
+                let plan = self
+                    .plans
+                    .plan(&event.correlation_id)
+                    .await?
+                    .ok_or_else(|| {
+                        HandlerError::permanent("the run has no review.planned to revise")
+                    })?;
                 let mut emits = Vec::with_capacity(lacking.len());
                 for (specialist, findings) in lacking {
                     let revision = RevisionRequested {
@@ -126,7 +133,9 @@ impl Plans for LogPlans {
         use choreo_bus::log::{LogQuery, LogReader};
         let planned = choreo_bus::EventType::new(choreo_review::events::PLANNED)
             .map_err(HandlerError::permanent)?;
-        let subject = self.namespace.event_subject(correlation_id, planned.as_str());
+        let subject = self
+            .namespace
+            .event_subject(correlation_id, planned.as_str());
         let unavailable = |err: choreo_bus::log::LogError| {
             HandlerError::retryable(format!("cannot read the run's plan: {err}"))
         };
@@ -235,7 +244,11 @@ mod tests {
         let report = report(
             1,
             vec![
-                ("security", Severity::Critical, Some("load the key from the environment")),
+                (
+                    "security",
+                    Severity::Critical,
+                    Some("load the key from the environment"),
+                ),
                 ("style", Severity::Low, None),
             ],
         );
@@ -254,7 +267,11 @@ mod tests {
             vec![
                 ("security", Severity::High, None),
                 ("security", Severity::High, Some("fix")),
-                ("style", Severity::High, Some("rename `fooBar` to `foo_bar`")),
+                (
+                    "style",
+                    Severity::High,
+                    Some("rename `fooBar` to `foo_bar`"),
+                ),
             ],
         );
         let emitted = handle(&report, 2).await;

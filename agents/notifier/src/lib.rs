@@ -52,7 +52,10 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("webhook_url", &self.webhook_url)
-            .field("webhook_token", &self.webhook_token.as_ref().map(|_| "<hidden>"))
+            .field(
+                "webhook_token",
+                &self.webhook_token.as_ref().map(|_| "<hidden>"),
+            )
             .field("webhook_timeout", &self.webhook_timeout)
             .field("webhook_breaker_open_for", &self.webhook_breaker_open_for)
             .field("reports_dir", &self.reports_dir)
@@ -94,7 +97,10 @@ impl Notifier {
             ValidationError::new("webhook-url", format!("{url:?} is not a URL: {err}"))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ValidationError::new("webhook-url", "must be http:// or https://"));
+            return Err(ValidationError::new(
+                "webhook-url",
+                "must be http:// or https://",
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(settings.webhook_timeout.0)
@@ -129,7 +135,9 @@ impl choreo_bus::Handler for Notifier {
         let approved: ReviewApproved = event.json()?;
         let delivered = match &self.target {
             Target::Webhook(webhook) => webhook.post(event, &approved).await?,
-            Target::Files(dir) => write_report(dir, &event.correlation_id, &approved.report).await?,
+            Target::Files(dir) => {
+                write_report(dir, &event.correlation_id, &approved.report).await?
+            }
         };
         Ok(vec![emit_json(DELIVERED, &delivered)?])
     }
@@ -172,7 +180,9 @@ impl Webhook {
             Ok(response) => response,
             Err(err) => {
                 permit.failure();
-                return Err(HandlerError::retryable(format!("cannot post to {url}: {err}")));
+                return Err(HandlerError::retryable(format!(
+                    "cannot post to {url}: {err}"
+                )));
             }
         };
         let status = response.status();
@@ -183,10 +193,18 @@ impl Webhook {
                 status: Some(status.as_u16()),
             });
         }
-        let answer: String = response.text().await.unwrap_or_default().chars().take(300).collect();
+        let answer: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
         if status.is_server_error() || status.as_u16() == 429 {
             permit.failure();
-            Err(HandlerError::retryable(format!("{url} answered {status}: {answer}")))
+            Err(HandlerError::retryable(format!(
+                "{url} answered {status}: {answer}"
+            )))
         } else {
             permit.ignore();
             Err(HandlerError::permanent(format!(
@@ -217,12 +235,17 @@ async fn write_report(
     report: &Report,
 ) -> Result<ReviewDelivered, HandlerError> {
     let failed = |err: std::io::Error| {
-        HandlerError::retryable(format!("cannot write the report in {}: {err}", dir.display()))
+        HandlerError::retryable(format!(
+            "cannot write the report in {}: {err}",
+            dir.display()
+        ))
     };
     tokio::fs::create_dir_all(dir).await.map_err(failed)?;
     let path = dir.join(format!("{correlation_id}.md"));
     let partial = dir.join(format!(".{correlation_id}.md.partial"));
-    tokio::fs::write(&partial, report.markdown()).await.map_err(failed)?;
+    tokio::fs::write(&partial, report.markdown())
+        .await
+        .map_err(failed)?;
     tokio::fs::rename(&partial, &path).await.map_err(failed)?;
     Ok(ReviewDelivered {
         target: path.display().to_string(),
@@ -233,10 +256,10 @@ async fn write_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use choreo_bus::Handler as _;
     use choreo_review::report::Verdict;
     use choreo_review::testing;
+    use std::time::Duration;
 
     fn report() -> Report {
         Report {
@@ -281,7 +304,11 @@ mod tests {
         let delivered: ReviewDelivered = serde_json::from_slice(&emitted[0].data).expect("json");
         let written = std::fs::read_to_string(&delivered.target).expect("file");
         assert!(written.contains("Code review: Add refunds"), "{written}");
-        assert!(delivered.target.ends_with(&format!("{}.md", event.correlation_id)));
+        assert!(
+            delivered
+                .target
+                .ends_with(&format!("{}.md", event.correlation_id))
+        );
     }
 
     #[test]
@@ -290,7 +317,10 @@ mod tests {
             "https://api.github.com/repos/{repository}/issues/{number}/comments",
             &report(),
         );
-        assert_eq!(url, "https://api.github.com/repos/acme/shop/issues/42/comments");
+        assert_eq!(
+            url,
+            "https://api.github.com/repos/acme/shop/issues/42/comments"
+        );
         let dir = PathBuf::from("unused");
         let err = Notifier::new(&settings(Some("ftp://x"), dir.clone())).expect_err("ftp");
         assert_eq!(err.field, "webhook-url");

@@ -29,16 +29,15 @@ impl Specialty for Performance {
             if !matches!(file.kind(), FileKind::Code) {
                 continue;
             }
-            let finding = |line: &Line, severity, rule: &str, message: String, suggestion: String| {
-                Finding {
+            let finding =
+                |line: &Line, severity, rule: &str, message: String, suggestion: String| Finding {
                     file: file.path.clone(),
                     line: line.number,
                     severity,
                     rule: rule.to_string(),
                     message,
                     suggestion: Some(suggestion),
-                }
-            };
+                };
             let mut loops: Vec<OpenLoop> = Vec::new();
             let mut previous: Option<u32> = None;
             for line in &file.added {
@@ -151,7 +150,9 @@ static QUERY_CALL: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Reads with no size limit.
 static UNBOUNDED_READ: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"(\.read\(\s*\)|\.readlines\(\s*\)|\bread_to_end\s*\(|\bread_to_string\s*\(|\bioutil\.ReadAll\s*\(|\bio\.ReadAll\s*\()")
+    regex(
+        r"(\.read\(\s*\)|\.readlines\(\s*\)|\bread_to_end\s*\(|\bread_to_string\s*\(|\bioutil\.ReadAll\s*\(|\bio\.ReadAll\s*\()",
+    )
 });
 
 /// The collection a loop header iterates, normalised so `&items`, `items.iter()` and
@@ -162,8 +163,18 @@ fn loop_collection(text: &str) -> Option<String> {
         .find_map(|header| header.captures(text))?
         .get(1)?
         .as_str();
-    let mut collection = raw.trim().trim_start_matches('&').trim_start_matches("mut ");
-    for suffix in [".iter()", ".iter_mut()", ".into_iter()", ".items()", ".values()", ".keys()"] {
+    let mut collection = raw
+        .trim()
+        .trim_start_matches('&')
+        .trim_start_matches("mut ");
+    for suffix in [
+        ".iter()",
+        ".iter_mut()",
+        ".into_iter()",
+        ".items()",
+        ".values()",
+        ".keys()",
+    ] {
         collection = collection.strip_suffix(suffix).unwrap_or(collection);
     }
     for prefix in ["self.", "this."] {
@@ -185,7 +196,10 @@ mod tests {
     use super::*;
 
     fn review(path: &str, added: &[&str]) -> Vec<Finding> {
-        let mut text = format!("--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n", added.len());
+        let mut text = format!(
+            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
+            added.len()
+        );
         for line in added {
             text.push_str(&format!("+{line}\n"));
         }
@@ -242,7 +256,11 @@ mod tests {
         );
         let rules: Vec<_> = findings.iter().map(|f| (f.rule.as_str(), f.line)).collect();
         assert_eq!(rules, vec![("unbounded-read", 1), ("query-in-loop", 3)]);
-        assert!(findings[1].message.contains("user_ids"), "{}", findings[1].message);
+        assert!(
+            findings[1].message.contains("user_ids"),
+            "{}",
+            findings[1].message
+        );
     }
 
     #[test]

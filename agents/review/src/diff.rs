@@ -57,7 +57,17 @@ const CODE_EXTENSIONS: &[&str] = &[
 ];
 const DOC_EXTENSIONS: &[&str] = &["md", "markdown", "rst", "txt", "adoc", "org"];
 const CONFIG_EXTENSIONS: &[&str] = &[
-    "yaml", "yml", "toml", "json", "ini", "cfg", "conf", "env", "properties", "xml", "tf",
+    "yaml",
+    "yml",
+    "toml",
+    "json",
+    "ini",
+    "cfg",
+    "conf",
+    "env",
+    "properties",
+    "xml",
+    "tf",
 ];
 
 impl FileChange {
@@ -83,7 +93,9 @@ pub fn kind_of(path: &str) -> FileKind {
     let lower = path.to_ascii_lowercase();
     let name = lower.rsplit('/').next().unwrap_or(&lower);
     let extension = extension_of(&lower);
-    let in_folder = |folder: &str| lower.starts_with(&format!("{folder}/")) || lower.contains(&format!("/{folder}/"));
+    let in_folder = |folder: &str| {
+        lower.starts_with(&format!("{folder}/")) || lower.contains(&format!("/{folder}/"))
+    };
     if CODE_EXTENSIONS.contains(&extension.as_str())
         && (in_folder("tests")
             || in_folder("test")
@@ -303,8 +315,14 @@ deleted file mode 100644
         assert_eq!(
             db.added,
             vec![
-                Line { number: 11, text: "added eleven".into() },
-                Line { number: 12, text: "added twelve".into() },
+                Line {
+                    number: 11,
+                    text: "added eleven".into()
+                },
+                Line {
+                    number: 12,
+                    text: "added twelve".into()
+                },
             ]
         );
         assert_eq!(diff.files[1].path, "README.md");
@@ -316,7 +334,8 @@ deleted file mode 100644
 
     #[test]
     fn a_removed_line_that_looks_like_a_header_stays_in_its_hunk() {
-        let text = "--- a/x.sql\n+++ b/x.sql\n@@ -1,2 +1,2 @@\n--- a comment\n+-- new comment\n keep\n";
+        let text =
+            "--- a/x.sql\n+++ b/x.sql\n@@ -1,2 +1,2 @@\n--- a comment\n+-- new comment\n keep\n";
         let diff = Diff::parse(text).expect("parses");
         assert_eq!(diff.files.len(), 1);
         assert_eq!(diff.files[0].removed, 1);

@@ -54,7 +54,10 @@ impl std::fmt::Debug for LlmSettings {
         f.debug_struct("LlmSettings")
             .field("llm_url", &self.llm_url)
             .field("llm_model", &self.llm_model)
-            .field("llm_api_key", &self.llm_api_key.as_ref().map(|_| "<hidden>"))
+            .field(
+                "llm_api_key",
+                &self.llm_api_key.as_ref().map(|_| "<hidden>"),
+            )
             .field("llm_timeout", &self.llm_timeout)
             .field("llm_attempts", &self.llm_attempts)
             .finish()
@@ -109,7 +112,10 @@ impl LlmBrain {
             ValidationError::new("llm-url", format!("{url:?} is not a URL: {err}"))
         })?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(ValidationError::new("llm-url", "must be http:// or https://"));
+            return Err(ValidationError::new(
+                "llm-url",
+                "must be http:// or https://",
+            ));
         }
         if settings.llm_attempts == 0 {
             return Err(ValidationError::new("llm-attempts", "must be at least 1"));
@@ -158,6 +164,7 @@ impl LlmBrain {
         let mut last_failure = String::new();
         for attempt in 1..=self.attempts {
             let permit = self.breaker.try_acquire()?;
+            tokens.calls += 1;
             let wait = match self.call(&request, permit, &mut tokens).await {
                 Ok(answer) => return Ok(answer.into_review(tokens)),
                 Err(Attempt::Refused { status, body }) => {
@@ -234,7 +241,10 @@ impl LlmBrain {
             Ok(parsed) => parsed,
             Err(err) => {
                 permit.failure();
-                return Err(Attempt::again(format!("not a chat completion: {err}"), None));
+                return Err(Attempt::again(
+                    format!("not a chat completion: {err}"),
+                    None,
+                ));
             }
         };
         tokens.add(&parsed.usage);
@@ -293,7 +303,6 @@ struct Tokens {
 
 impl Tokens {
     fn add(&mut self, usage: &Option<Usage>) {
-        self.calls += 1;
         if let Some(usage) = usage {
             self.prompt += usage.prompt_tokens;
             self.completion += usage.completion_tokens;
@@ -399,9 +408,14 @@ fn parse_findings(content: &str) -> Result<Vec<Finding>, serde_json::Error> {
             line: f.line,
             severity: f
                 .severity
-                .and_then(|s| serde_json::from_value(serde_json::Value::String(s.to_lowercase())).ok())
+                .and_then(|s| {
+                    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).ok()
+                })
                 .unwrap_or(Severity::Medium),
-            rule: f.rule.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "llm".to_string()),
+            rule: f
+                .rule
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "llm".to_string()),
             message: f.message,
             suggestion: f.suggestion.filter(|s| !s.trim().is_empty()),
         })

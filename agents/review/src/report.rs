@@ -129,7 +129,11 @@ impl Report {
             out.push('\n');
         }
         for skipped in &self.skipped {
-            let _ = writeln!(out, "- {} not asked: {}", skipped.specialist, skipped.reason);
+            let _ = writeln!(
+                out,
+                "- {} not asked: {}",
+                skipped.specialist, skipped.reason
+            );
         }
         for missing in &self.missing {
             let _ = writeln!(out, "- {missing} did not answer before the deadline");
@@ -159,10 +163,6 @@ fn table_cell(text: &str) -> String {
 
 /// A fence longer than any backtick run in `text`, so raw output is kept verbatim.
 fn fence_for(text: &str) -> String {
-    let longest = text
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     "`".repeat(longest.max(2) + 1)
 }

@@ -10,8 +10,8 @@ use choreo_bus::{AgentName, Emit, Event, EventType, Incoming, RootEvent};
 /// On an invalid type: test input is ours.
 #[allow(clippy::expect_used)]
 pub fn root(event_type: &str, payload: &impl serde::Serialize) -> Incoming {
-    let emit = Emit::json(EventType::new(event_type).expect("valid type"), payload)
-        .expect("serializes");
+    let emit =
+        Emit::json(EventType::new(event_type).expect("valid type"), payload).expect("serializes");
     delivered(
         RootEvent::new(emit, "test")
             .into_event()

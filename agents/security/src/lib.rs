@@ -39,7 +39,12 @@ impl Specialty for Security {
                     suggestion: Some(suggestion),
                 };
                 if let Some(finding) = secret(&line.text) {
-                    findings.push(at(Severity::Critical, "hardcoded-secret", finding.0, finding.1));
+                    findings.push(at(
+                        Severity::Critical,
+                        "hardcoded-secret",
+                        finding.0,
+                        finding.1,
+                    ));
                 }
                 if let Some((message, suggestion)) = sql_from_strings(&line.text) {
                     findings.push(at(Severity::High, "sql-injection", message, suggestion));
@@ -48,7 +53,12 @@ impl Specialty for Security {
                     findings.push(at(Severity::High, "command-injection", message, suggestion));
                 }
                 if let Some((message, suggestion)) = unsafe_deserialization(&line.text) {
-                    findings.push(at(Severity::High, "unsafe-deserialization", message, suggestion));
+                    findings.push(at(
+                        Severity::High,
+                        "unsafe-deserialization",
+                        message,
+                        suggestion,
+                    ));
                 }
             }
         }
@@ -74,12 +84,25 @@ static SECRET_SHAPES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         (regex(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"), "a GitHub token"),
         (regex(r"\bxox[abpr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
         (regex(r"\bsk-[A-Za-z0-9]{20,}"), "an API secret key"),
-        (regex(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+        (
+            regex(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+            "a private key",
+        ),
     ]
 });
 const PLACEHOLDERS: &[&str] = &[
-    "changeme", "example", "placeholder", "xxxx", "your_", "your-", "<", "${", "{{", "dummy",
-    "redacted", "****",
+    "changeme",
+    "example",
+    "placeholder",
+    "xxxx",
+    "your_",
+    "your-",
+    "<",
+    "${",
+    "{{",
+    "dummy",
+    "redacted",
+    "****",
 ];
 
 fn secret(text: &str) -> Option<(String, String)> {
@@ -135,38 +158,39 @@ fn sql_from_strings(text: &str) -> Option<(String, String)> {
     ))
 }
 
-static COMMAND_INJECTION: LazyLock<Vec<(Regex, &'static str, &'static str)>> = LazyLock::new(|| {
-    vec![
-        (
-            regex(r"\bos\.(system|popen)\s*\("),
-            "runs a shell command line",
-            "Use `subprocess.run([program, arg1, arg2], check=True)` with an argument list, \
+static COMMAND_INJECTION: LazyLock<Vec<(Regex, &'static str, &'static str)>> =
+    LazyLock::new(|| {
+        vec![
+            (
+                regex(r"\bos\.(system|popen)\s*\("),
+                "runs a shell command line",
+                "Use `subprocess.run([program, arg1, arg2], check=True)` with an argument list, \
              so no shell parses the input.",
-        ),
-        (
-            regex(r"\bsubprocess\.\w+\(.*shell\s*=\s*True"),
-            "runs a command through the shell (`shell=True`)",
-            "Pass an argument list and drop `shell=True`: \
+            ),
+            (
+                regex(r"\bsubprocess\.\w+\(.*shell\s*=\s*True"),
+                "runs a command through the shell (`shell=True`)",
+                "Pass an argument list and drop `shell=True`: \
              `subprocess.run([program, arg], check=True)`.",
-        ),
-        (
-            regex(r"(^|[^.\w])(eval|exec)\s*\("),
-            "evaluates a string as code",
-            "Parse the data instead of running it: `json.loads(text)` or \
+            ),
+            (
+                regex(r"(^|[^.\w])(eval|exec)\s*\("),
+                "evaluates a string as code",
+                "Parse the data instead of running it: `json.loads(text)` or \
              `ast.literal_eval(text)` for literals.",
-        ),
-        (
-            regex(r"\bchild_process\.(exec|execSync)\s*\("),
-            "runs a shell command line",
-            "Use `child_process.execFile(program, [args])`, which does not start a shell.",
-        ),
-        (
-            regex(r#"Command::new\(\s*"(sh|bash)"\s*\)"#),
-            "runs a shell command line",
-            "Run the program itself: `Command::new(program).args([arg1, arg2])`, not `sh -c`.",
-        ),
-    ]
-});
+            ),
+            (
+                regex(r"\bchild_process\.(exec|execSync)\s*\("),
+                "runs a shell command line",
+                "Use `child_process.execFile(program, [args])`, which does not start a shell.",
+            ),
+            (
+                regex(r#"Command::new\(\s*"(sh|bash)"\s*\)"#),
+                "runs a shell command line",
+                "Run the program itself: `Command::new(program).args([arg1, arg2])`, not `sh -c`.",
+            ),
+        ]
+    });
 
 fn command_injection(text: &str) -> Option<(String, String)> {
     COMMAND_INJECTION
@@ -226,7 +250,10 @@ mod tests {
     use super::*;
 
     fn review(path: &str, added: &[&str]) -> Vec<Finding> {
-        let mut text = format!("--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n", added.len());
+        let mut text = format!(
+            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
+            added.len()
+        );
         for line in added {
             text.push_str(&format!("+{line}\n"));
         }

@@ -27,7 +27,9 @@ impl Specialty for Style {
             let kind = file.kind();
             for line in &file.added {
                 let length = line.text.chars().count();
-                if length > MAX_LINE_CHARS && matches!(kind, FileKind::Code | FileKind::Test | FileKind::Config) {
+                if length > MAX_LINE_CHARS
+                    && matches!(kind, FileKind::Code | FileKind::Test | FileKind::Config)
+                {
                     findings.push(at(
                         file,
                         line,
@@ -185,7 +187,10 @@ mod tests {
     use super::*;
 
     fn review(path: &str, added: &[&str]) -> Vec<Finding> {
-        let mut text = format!("--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n", added.len());
+        let mut text = format!(
+            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
+            added.len()
+        );
         for line in added {
             text.push_str(&format!("+{line}\n"));
         }
@@ -197,7 +202,12 @@ mod tests {
         let long = format!("x = \"{}\"", "a".repeat(120));
         let findings = review(
             "app/util.py",
-            &[&long, "# TODO: handle retries", "# TODO(#42): handle timeouts", "# FIXME see JIRA-7"],
+            &[
+                &long,
+                "# TODO: handle retries",
+                "# TODO(#42): handle timeouts",
+                "# FIXME see JIRA-7",
+            ],
         );
         let rules: Vec<_> = findings.iter().map(|f| (f.rule.as_str(), f.line)).collect();
         assert_eq!(rules, vec![("long-line", 1), ("todo-without-reference", 2)]);
@@ -207,7 +217,11 @@ mod tests {
     fn camel_case_in_a_snake_case_python_file_gets_its_new_name() {
         let findings = review(
             "app/util.py",
-            &["def load_orders(path):", "    totalAmount = 0", "    order_count = 0"],
+            &[
+                "def load_orders(path):",
+                "    totalAmount = 0",
+                "    order_count = 0",
+            ],
         );
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].rule, "mixed-naming");
@@ -226,7 +240,11 @@ mod tests {
     fn one_style_and_documentation_pass() {
         let findings = review(
             "web/cart.js",
-            &["const totalAmount = 0;", "let itemCount = 1;", "function addItem(item) {"],
+            &[
+                "const totalAmount = 0;",
+                "let itemCount = 1;",
+                "function addItem(item) {",
+            ],
         );
         assert!(findings.is_empty(), "{findings:#?}");
         let long_doc = "word ".repeat(40);

@@ -112,7 +112,10 @@ mod tests {
     use super::*;
 
     fn file(path: &str, added: &[&str]) -> String {
-        let mut text = format!("--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n", added.len());
+        let mut text = format!(
+            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
+            added.len()
+        );
         for line in added {
             text.push_str(&format!("+{line}\n"));
         }
@@ -121,7 +124,10 @@ mod tests {
 
     #[test]
     fn code_with_no_test_gets_one_finding_per_file() {
-        let diff = file("app/pay.py", &["def refund(order):", "    return order.total"]);
+        let diff = file(
+            "app/pay.py",
+            &["def refund(order):", "    return order.total"],
+        );
         let findings = Tests.review(&Diff::parse(&diff).expect("diff"));
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].rule, "untested-change");
@@ -138,10 +144,16 @@ mod tests {
     #[test]
     fn with_tests_only_functions_they_never_call_are_named() {
         let diff = file("app/pay.py", &["def refund(order):", "def void(order):"])
-            + &file("tests/test_pay.py", &["def test_refund():", "    assert refund(o) == 3"]);
+            + &file(
+                "tests/test_pay.py",
+                &["def test_refund():", "    assert refund(o) == 3"],
+            );
         let findings = Tests.review(&Diff::parse(&diff).expect("diff"));
         let named: Vec<_> = findings.iter().map(|f| f.message.as_str()).collect();
-        assert_eq!(named, vec!["new function `void` is not called by the change's tests"]);
+        assert_eq!(
+            named,
+            vec!["new function `void` is not called by the change's tests"]
+        );
     }
 
     #[test]

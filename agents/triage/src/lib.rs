@@ -11,14 +11,19 @@
 
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
 use choreo_review::diff::{Diff, FileKind};
-use choreo_review::events::{PLANNED, PlannedFile, REQUESTED, ReviewPlanned, ReviewRequested, Skipped};
 use choreo_review::emit_json;
+use choreo_review::events::{
+    PLANNED, PlannedFile, REQUESTED, ReviewPlanned, ReviewRequested, Skipped,
+};
 
 /// The largest diff triage accepts; a bigger change is better reviewed in parts.
 pub const MAX_DIFF_BYTES: usize = 512 * 1024;
 
 pub fn agent() -> Result<Agent, ValidationError> {
-    Agent::builder("triage").subscribes(REQUESTED).emits(PLANNED).build()
+    Agent::builder("triage")
+        .subscribes(REQUESTED)
+        .emits(PLANNED)
+        .build()
 }
 
 /// The plan for one request.
@@ -59,7 +64,11 @@ pub fn plan(request: ReviewRequested) -> Result<ReviewPlanned, HandlerError> {
         .iter()
         .map(|f| PlannedFile {
             path: f.path.clone(),
-            kind: if f.deleted { "deleted".to_string() } else { f.kind().as_str().to_string() },
+            kind: if f.deleted {
+                "deleted".to_string()
+            } else {
+                f.kind().as_str().to_string()
+            },
             added: f.added.len(),
             removed: f.removed,
         })
@@ -110,8 +119,14 @@ mod tests {
         assert_eq!(emitted.len(), 1);
         assert_eq!(emitted[0].event_type.as_str(), PLANNED);
         let planned: ReviewPlanned = serde_json::from_slice(&emitted[0].data).expect("json");
-        assert_eq!(planned.specialists, ["security", "performance", "style", "tests"]);
-        assert_eq!(planned.request.diff, CODE, "the request travels with the plan");
+        assert_eq!(
+            planned.specialists,
+            ["security", "performance", "style", "tests"]
+        );
+        assert_eq!(
+            planned.request.diff, CODE,
+            "the request travels with the plan"
+        );
         assert_eq!(planned.files[0].kind, "code");
     }
 
@@ -119,7 +134,11 @@ mod tests {
     fn a_docs_only_change_gets_no_tests_review() {
         let planned = plan(request(DOCS)).expect("plans");
         assert_eq!(planned.specialists, ["style"]);
-        let skipped: Vec<_> = planned.skipped.iter().map(|s| s.specialist.as_str()).collect();
+        let skipped: Vec<_> = planned
+            .skipped
+            .iter()
+            .map(|s| s.specialist.as_str())
+            .collect();
         assert_eq!(skipped, ["security", "performance", "tests"]);
     }
 
@@ -136,6 +155,12 @@ mod tests {
         assert!(!err.is_retryable());
         assert!(err.to_string().contains("git diff"), "{err}");
         let not_json = testing::root(REQUESTED, &serde_json::json!({"title": "no diff"}));
-        assert!(!Handler.handle(&not_json).await.expect_err("no diff").is_retryable());
+        assert!(
+            !Handler
+                .handle(&not_json)
+                .await
+                .expect_err("no diff")
+                .is_retryable()
+        );
     }
 }

@@ -196,7 +196,10 @@ async fn watch_run(
         .await
         .map_err(Failure::log)?;
     let mut started: Option<time::OffsetDateTime> = None;
-    println!("{:>8}  {:<15} {:<28} {:>5}", "at", "source", "type", "depth");
+    println!(
+        "{:>8}  {:<15} {:<28} {:>5}",
+        "at", "source", "type", "depth"
+    );
     while let Some(record) = reader.next().await.map_err(Failure::log)? {
         let event = record
             .decode()

@@ -11,9 +11,7 @@ use tokio::process::{Child, Command};
 /// Why an agent process could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error(
-        "binary {0} not found: build every binary first (`cargo build --workspace --bins`)"
-    )]
+    #[error("binary {0} not found: build every binary first (`cargo build --workspace --bins`)")]
     NotBuilt(PathBuf),
     #[error("cannot tell where the running binary is: {0}")]
     NoCurrentExe(std::io::Error),
