@@ -2,7 +2,7 @@
 //! run, alternating rounds, and prints each scenario's medians and their ratio.
 //!
 //! ```text
-//! choreo-bench publish handle guards flood storm replay trace --json
+//! choreo-bench publish handle guards flood storm replay trace review --json
 //! ```
 //!
 //! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
@@ -10,7 +10,9 @@
 //! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
 //! higher stays better). `flood` and `storm` measure storm control and print their own figures
 //! (see their modules). `replay` and `trace` read a log of `--log-events` events back (see
-//! `log.rs`); `trace` reports `latency_ms`, `messages_read` and `run_events`.
+//! `log.rs`); `trace` reports `latency_ms`, `messages_read` and `run_events`. `review` runs
+//! the review team as processes and reports `p50_ms`, `p99_ms` and `max_agent_rss_mb` (see
+//! `review.rs`).
 
 // Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
 // allocator measured 27% slower on `publish` (see docs/architecture.md).
@@ -21,6 +23,7 @@ mod flood;
 mod handle;
 mod log;
 mod publish;
+mod review;
 mod storm;
 
 use std::process::ExitCode;
@@ -33,7 +36,8 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run: publish, handle, guards, flood, storm. All of them when none is named.
+    /// Scenarios to run: publish, handle, guards, flood, storm, replay, trace, review. All of
+    /// them when none is named.
     scenarios: Vec<String>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
@@ -60,10 +64,13 @@ struct Args {
     /// Events in the log that `replay` and `trace` read back.
     #[arg(long, default_value_t = 1_000_000)]
     log_events: usize,
+    /// `review`: reviews of the sample change, one at a time.
+    #[arg(long, default_value_t = 200)]
+    reviews: usize,
 }
 
-const SCENARIOS: [&str; 7] = [
-    "publish", "handle", "guards", "flood", "storm", "replay", "trace",
+const SCENARIOS: [&str; 8] = [
+    "publish", "handle", "guards", "flood", "storm", "replay", "trace", "review",
 ];
 
 /// Settings every scenario shares.
@@ -75,6 +82,7 @@ pub struct Settings {
     pub flood_rate: u32,
     pub storms: usize,
     pub log_events: usize,
+    pub reviews: usize,
 }
 
 /// One scenario's result.
@@ -144,6 +152,7 @@ async fn main() -> ExitCode {
         || args.flood_rate == 0
         || args.storms == 0
         || args.log_events == 0
+        || args.reviews == 0
     {
         eprintln!(
             "choreo-bench: unknown scenario {unknown:?} or a zero count; scenarios are: {}",
@@ -183,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         flood_rate: args.flood_rate,
         storms: args.storms,
         log_events: args.log_events,
+        reviews: args.reviews,
     };
     let scenarios: Vec<&str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -243,6 +253,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     trace.messages_read
                 );
                 (serde_json::to_string(&trace)?, table)
+            }
+            "review" => {
+                let review = review::run(&client, &url, &settings).await?;
+                let table = format!(
+                    "{:<10} {} reviews of the sample change, every agent a process: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; largest agent RSS {:.1} MiB",
+                    review.scenario,
+                    review.reviews,
+                    review.p50_ms,
+                    review.p99_ms,
+                    review.max_ms,
+                    review.max_agent_rss_mb
+                );
+                (serde_json::to_string(&review)?, table)
             }
             other => anyhow::bail!("no scenario {other}"),
         };
