@@ -54,8 +54,9 @@ pub async fn run(
     let logs = tempfile::tempdir()?;
     let mut agents = Vec::new();
     for name in TEAM {
-        let binary = sibling_binary(name)
-            .context("the review benchmark runs the agents' binaries: `cargo build --release --bins`")?;
+        let binary = sibling_binary(name).context(
+            "the review benchmark runs the agents' binaries: `cargo build --release --bins`",
+        )?;
         let env = [
             ("NATS_URL", url.to_string()),
             ("CHOREO_REPORTS_DIR", reports.path().display().to_string()),

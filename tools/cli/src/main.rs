@@ -12,6 +12,7 @@ mod dlq;
 mod publish;
 mod render;
 mod replay;
+mod review;
 mod state;
 mod streams;
 mod tail;
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Start everything locally: nats-server, the streams, and every agent as its own process.
     Up(up::UpArgs),
+    /// Submit a change (a unified diff) to the review team.
+    Review(review::ReviewArgs),
     /// Publish events: TYPE with --data, a CloudEvent, or many from a JSON-lines file.
     Publish(publish::PublishArgs),
     /// Print events as they are stored, one line each.
@@ -166,6 +169,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Review(args) => review::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Trace(args) => trace::run(args).await,

@@ -151,7 +151,7 @@ fn read_data(value: &str) -> Result<Value, Failure> {
     })
 }
 
-fn read_input(path: &str) -> Result<String, Failure> {
+pub fn read_input(path: &str) -> Result<String, Failure> {
     if path == "-" {
         let mut text = String::new();
         std::io::stdin()

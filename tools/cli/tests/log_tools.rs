@@ -4,6 +4,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::process::Output;
+
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -641,6 +643,56 @@ async fn bad_input_gets_a_clear_message_and_a_meaningful_exit_code() -> anyhow::
         stderr(&unreachable).contains("cannot reach NATS at nats://127.0.0.1:1"),
         "{}",
         stderr(&unreachable)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn review_submits_a_diff_and_refuses_what_is_not_one() -> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let dir = tempfile::tempdir()?;
+    let diff = dir.path().join("change.diff");
+    std::fs::write(&diff, choreo_review::samples::REFUNDS_DIFF)?;
+    let diff = diff.to_str().context("utf-8 path")?;
+    let output = choreo(
+        &bus,
+        &[
+            "review",
+            "--diff",
+            diff,
+            "--repository",
+            "acme/shop",
+            "--title",
+            "Refunds",
+        ],
+    )
+    .await?;
+    expect_code(&output, 0);
+    assert!(
+        stdout(&output).contains("review of 2 file(s) requested"),
+        "{}",
+        stdout(&output)
+    );
+    let requested = bus.events("events.*.review.requested").await?;
+    assert_eq!(requested.len(), 1);
+    let request: choreo_review::events::ReviewRequested =
+        serde_json::from_slice(&requested[0].data)?;
+    assert_eq!(request.diff, choreo_review::samples::REFUNDS_DIFF);
+    assert_eq!(request.repository, "acme/shop");
+
+    let prose = dir.path().join("prose.txt");
+    std::fs::write(&prose, "please review my code")?;
+    let output = choreo(
+        &bus,
+        &["review", "--diff", prose.to_str().context("utf-8 path")?],
+    )
+    .await?;
+    expect_code(&output, 65);
+    assert!(stderr(&output).contains("git diff"), "{}", stderr(&output));
+    assert_eq!(
+        bus.events("events.*.review.requested").await?.len(),
+        1,
+        "nothing published"
     );
     Ok(())
 }
