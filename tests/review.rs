@@ -343,19 +343,9 @@ async fn the_webhook_breaker_opens_while_the_target_is_down_and_reports_go_out_w
     let mut runs = Vec::new();
     for _ in 0..REPORTS {
         let report = Report {
-            repository: "acme/shop".into(),
             title: "t".into(),
-            author: "a".into(),
             url: "https://github.com/acme/shop/pull/7".into(),
-            round: 1,
-            verdict: choreo_review::report::Verdict::Clean,
-            summary: "Nothing to fix.".into(),
-            counts: Default::default(),
-            findings: vec![],
-            specialists: vec![],
-            skipped: vec![],
-            missing: vec![],
-            tokens: 0,
+            ..choreo_review::testing::clean_report()
         };
         let approved = ReviewApproved {
             report,

@@ -8,17 +8,7 @@ use std::time::Duration;
 use choreo_local_nats::process::{AgentProcess, sibling_binary};
 use tempfile::TempDir;
 
-/// Every agent of the review team, by binary name.
-pub const TEAM: [&str; 8] = [
-    "choreo-triage",
-    "choreo-security",
-    "choreo-performance",
-    "choreo-style",
-    "choreo-tests",
-    "choreo-aggregator",
-    "choreo-editor",
-    "choreo-notifier",
-];
+pub use choreo_review::TEAM;
 
 /// Agent processes of one test.
 #[derive(Debug)]

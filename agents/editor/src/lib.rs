@@ -202,14 +202,8 @@ mod tests {
 
     fn report(round: u32, findings: Vec<(&str, Severity, Option<&str>)>) -> Report {
         Report {
-            repository: String::new(),
-            title: String::new(),
-            author: String::new(),
-            url: String::new(),
             round,
             verdict: ReportVerdict::ChangesRequested,
-            summary: String::new(),
-            counts: Default::default(),
             findings: findings
                 .into_iter()
                 .map(|(specialist, severity, suggestion)| AttributedFinding {
@@ -224,10 +218,7 @@ mod tests {
                     },
                 })
                 .collect(),
-            specialists: vec![],
-            skipped: vec![],
-            missing: vec![],
-            tokens: 0,
+            ..testing::clean_report()
         }
     }
 

@@ -257,26 +257,11 @@ async fn write_report(
 mod tests {
     use super::*;
     use choreo_bus::Handler as _;
-    use choreo_review::report::Verdict;
     use choreo_review::testing;
     use std::time::Duration;
 
     fn report() -> Report {
-        Report {
-            repository: "acme/shop".into(),
-            title: "Add refunds".into(),
-            author: "ada".into(),
-            url: "https://github.com/acme/shop/pull/42".into(),
-            round: 1,
-            verdict: Verdict::Clean,
-            summary: "Nothing to fix.".into(),
-            counts: Default::default(),
-            findings: vec![],
-            specialists: vec![],
-            skipped: vec![],
-            missing: vec![],
-            tokens: 0,
-        }
+        testing::clean_report()
     }
 
     fn settings(url: Option<&str>, dir: PathBuf) -> Settings {

@@ -196,14 +196,7 @@ mod tests {
     use super::*;
 
     fn review(path: &str, added: &[&str]) -> Vec<Finding> {
-        let mut text = format!(
-            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
-            added.len()
-        );
-        for line in added {
-            text.push_str(&format!("+{line}\n"));
-        }
-        Performance.review(&Diff::parse(&text).expect("diff"))
+        Performance.review(&choreo_review::testing::diff_adding(path, added))
     }
 
     #[test]

@@ -33,6 +33,19 @@ pub use report::Report;
 
 use choreo_bus::{Emit, EventType, HandlerError};
 
+/// The team's binaries, in the order they are started: every agent of the review
+/// choreography. `choreo up`, the end-to-end tests and the benchmark start these.
+pub const TEAM: [&str; 8] = [
+    "choreo-triage",
+    "choreo-security",
+    "choreo-performance",
+    "choreo-style",
+    "choreo-tests",
+    "choreo-aggregator",
+    "choreo-editor",
+    "choreo-notifier",
+];
+
 /// An [`Emit`] of `event_type` with `value` as JSON. Both are ours, so a failure is a bug in
 /// this build: permanent.
 pub fn emit_json<T: serde::Serialize + ?Sized>(

@@ -36,3 +36,45 @@ fn delivered(event: Event) -> Incoming {
         stream_sequence: 1,
     }
 }
+
+/// The diff of a new file at `path` made of `lines`, parsed.
+///
+/// # Panics
+/// If the result does not parse: test input is ours.
+#[allow(clippy::expect_used)]
+pub fn diff_adding(path: &str, lines: &[&str]) -> crate::Diff {
+    crate::Diff::parse(&diff_text_adding(path, lines)).expect("a valid diff")
+}
+
+/// The text of a diff that creates `path` with `lines`.
+pub fn diff_text_adding(path: &str, lines: &[&str]) -> String {
+    let mut text = format!(
+        "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
+        lines.len()
+    );
+    for line in lines {
+        text.push('+');
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A report with nothing found, for tests to adjust.
+pub fn clean_report() -> crate::Report {
+    crate::Report {
+        repository: "acme/shop".into(),
+        title: "Add refunds".into(),
+        author: "ada".into(),
+        url: "https://github.com/acme/shop/pull/42".into(),
+        round: 1,
+        verdict: crate::report::Verdict::Clean,
+        summary: "Nothing to fix.".into(),
+        counts: Default::default(),
+        findings: vec![],
+        specialists: vec![],
+        skipped: vec![],
+        missing: vec![],
+        tokens: 0,
+    }
+}

@@ -112,14 +112,7 @@ mod tests {
     use super::*;
 
     fn file(path: &str, added: &[&str]) -> String {
-        let mut text = format!(
-            "--- a/{path}\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
-            added.len()
-        );
-        for line in added {
-            text.push_str(&format!("+{line}\n"));
-        }
-        text
+        choreo_review::testing::diff_text_adding(path, added)
     }
 
     #[test]

@@ -13,17 +13,7 @@ use serde::Serialize;
 
 use crate::{Settings, fresh_streams};
 
-/// The team, by binary name.
-const TEAM: [&str; 8] = [
-    "choreo-triage",
-    "choreo-security",
-    "choreo-performance",
-    "choreo-style",
-    "choreo-tests",
-    "choreo-aggregator",
-    "choreo-editor",
-    "choreo-notifier",
-];
+use choreo_review::TEAM;
 /// Reviews run before measuring, so connections, consumers and caches are warm.
 const WARM_UP: usize = 5;
 /// The longest one review may take before the benchmark gives up.

@@ -18,16 +18,7 @@ use choreo_review::events::{DELIVERED, REQUESTED};
 use crate::Failure;
 
 /// The agents `up` starts, by binary name: the review team.
-pub const AGENTS: [&str; 8] = [
-    "choreo-triage",
-    "choreo-security",
-    "choreo-performance",
-    "choreo-style",
-    "choreo-tests",
-    "choreo-aggregator",
-    "choreo-editor",
-    "choreo-notifier",
-];
+pub const AGENTS: [&str; 8] = choreo_review::TEAM;
 /// How long a demo review may take.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long agents get to drain after SIGTERM.
