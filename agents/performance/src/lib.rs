@@ -29,15 +29,9 @@ impl Specialty for Performance {
             if !matches!(file.kind(), FileKind::Code) {
                 continue;
             }
-            let finding =
-                |line: &Line, severity, rule: &str, message: String, suggestion: String| Finding {
-                    file: file.path.clone(),
-                    line: line.number,
-                    severity,
-                    rule: rule.to_string(),
-                    message,
-                    suggestion: Some(suggestion),
-                };
+            let finding = |line: &Line, severity, rule: &str, message: String, suggestion| {
+                Finding::on_line(file, line, severity, rule, message, suggestion)
+            };
             let mut loops: Vec<OpenLoop> = Vec::new();
             let mut previous: Option<u32> = None;
             for line in &file.added {

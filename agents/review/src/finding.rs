@@ -54,6 +54,25 @@ pub struct Finding {
 const CONCRETE_SUGGESTION_CHARS: usize = 12;
 
 impl Finding {
+    /// A finding on an added line, with a suggestion: what the rules produce.
+    pub fn on_line(
+        file: &crate::diff::FileChange,
+        line: &crate::diff::Line,
+        severity: Severity,
+        rule: &str,
+        message: String,
+        suggestion: String,
+    ) -> Finding {
+        Finding {
+            file: file.path.clone(),
+            line: line.number,
+            severity,
+            rule: rule.to_string(),
+            message,
+            suggestion: Some(suggestion),
+        }
+    }
+
     /// Whether the finding says concretely what to change.
     pub fn has_concrete_suggestion(&self) -> bool {
         self.suggestion

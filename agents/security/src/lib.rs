@@ -30,13 +30,8 @@ impl Specialty for Security {
                 continue;
             }
             for line in &file.added {
-                let at = |severity, rule: &str, message: String, suggestion: String| Finding {
-                    file: file.path.clone(),
-                    line: line.number,
-                    severity,
-                    rule: rule.to_string(),
-                    message,
-                    suggestion: Some(suggestion),
+                let at = |severity, rule: &str, message: String, suggestion: String| {
+                    Finding::on_line(file, line, severity, rule, message, suggestion)
                 };
                 if let Some(finding) = secret(&line.text) {
                     findings.push(at(

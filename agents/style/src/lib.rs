@@ -64,15 +64,9 @@ impl Specialty for Style {
     }
 }
 
+/// Style findings are all low: none of them blocks a change.
 fn at(file: &FileChange, line: &Line, rule: &str, message: String, suggestion: String) -> Finding {
-    Finding {
-        file: file.path.clone(),
-        line: line.number,
-        severity: Severity::Low,
-        rule: rule.to_string(),
-        message,
-        suggestion: Some(suggestion),
-    }
+    Finding::on_line(file, line, Severity::Low, rule, message, suggestion)
 }
 
 #[allow(clippy::expect_used)] // The patterns are constants; a bad one fails every test.
