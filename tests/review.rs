@@ -289,6 +289,8 @@ struct Received {
     authorizations: Vec<String>,
     /// Answers to give, in order; after them, 200 with the normal answer.
     script: Vec<StatusCode>,
+    /// Model messages to answer with, in order, before [`MODEL_ANSWER`].
+    contents: Vec<&'static str>,
 }
 
 type Shared = Arc<Mutex<Received>>;
@@ -419,10 +421,15 @@ async fn chat(
         }
         return response;
     }
+    let content = if received.contents.is_empty() {
+        MODEL_ANSWER
+    } else {
+        received.contents.remove(0)
+    };
     Json(serde_json::json!({
         "id": "chatcmpl-1",
         "model": "fake-model-2026",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": MODEL_ANSWER}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
     }))
     .into_response()
@@ -530,6 +537,71 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
         of_type(&bus, &run, SPECIALIST_COMPLETED).await?.len(),
         1,
         "the over-budget review was not published"
+    );
+    server.abort();
+    team.stop().await;
+    Ok(())
+}
+
+const VAGUE_ANSWER: &str = r#"{"findings": [{"file": "app/refunds.py", "line": 10, "severity": "critical", "rule": "hardcoded-secret", "message": "a live payments key is committed"}]}"#;
+
+#[tokio::test]
+async fn the_editor_sends_a_vague_finding_back_and_approves_the_revision() -> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let received: Shared = Arc::new(Mutex::new(Received {
+        contents: vec![VAGUE_ANSWER],
+        ..Received::default()
+    }));
+    let router = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .with_state(received.clone());
+    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
+    let llm_url = format!("http://{address}/v1");
+    let mut team = Team::new(bus.server.url())?;
+    for binary in choreo_testkit::team::TEAM {
+        if binary == "choreo-security" {
+            team.start(binary, &[("CHOREO_LLM_URL", &llm_url)])?;
+        } else {
+            team.start(binary, &[])?;
+        }
+    }
+    let run = request_review(&bus).await?;
+    wait_for(&bus, &team, &run, DELIVERED, 1).await?;
+
+    let revisions = of_type(&bus, &run, REVISION_REQUESTED).await?;
+    assert_eq!(revisions.len(), 1, "one finding went back");
+    let revision: RevisionRequested = json(&revisions[0])?;
+    assert_eq!(
+        (revision.specialist.as_str(), revision.round),
+        ("security", 2)
+    );
+    assert_eq!(revision.findings.len(), 1);
+    let reports: Vec<Report> = of_type(&bus, &run, COMPLETED)
+        .await?
+        .iter()
+        .map(json::<Report>)
+        .collect::<anyhow::Result<_>>()?;
+    let rounds: Vec<u32> = reports.iter().map(|r| r.round).collect();
+    assert_eq!(rounds, [1, 2]);
+    let approved: ReviewApproved = json(&of_type(&bus, &run, APPROVED).await?[0])?;
+    assert_eq!(approved.report.round, 2);
+    assert!(approved.unresolved.is_empty());
+    assert!(
+        approved
+            .report
+            .blocking()
+            .all(|f| f.finding.has_concrete_suggestion())
+    );
+    let security_rounds: Vec<Option<u32>> = approved
+        .report
+        .specialists
+        .iter()
+        .map(|s| s.round)
+        .collect();
+    assert_eq!(
+        security_rounds,
+        [Some(2), Some(1), Some(1), Some(1)],
+        "only security was revised"
     );
     server.abort();
     team.stop().await;
