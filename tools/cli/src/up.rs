@@ -89,7 +89,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     println!("  logs      {}", logs.display());
     println!("  reports   {}", reports.display());
     println!(
-        "  try       choreo publish {REQUESTED} --data @review.json   (then: choreo state, choreo trace RUN)"
+        "  try       git diff | choreo review --title \"my change\"   (then: choreo state, choreo trace RUN)"
     );
 
     let outcome = if args.demo {
