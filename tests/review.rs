@@ -607,3 +607,18 @@ async fn the_editor_sends_a_vague_finding_back_and_approves_the_revision() -> an
     team.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_with_a_bad_setting_of_its_own_exits_64_naming_it() -> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let binary = choreo_local_nats::process::sibling_binary("choreo-notifier")?;
+    let output = tokio::process::Command::new(binary)
+        .env("NATS_URL", bus.server.url())
+        .env("CHOREO_WEBHOOK_URL", "ftp://example.test/hook")
+        .output()
+        .await?;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook-url"), "{stderr}");
+    Ok(())
+}

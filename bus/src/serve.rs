@@ -40,8 +40,8 @@ pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H
     serve_with(agent, |_: NoSettings, _| async { Ok(handler) }).await
 }
 
-/// What an agent's handler may need to be built: its own settings' companions, the connection
-/// (to read the log, say) and the namespace it runs in.
+/// What building an agent's handler may need besides its settings: the connection (to read
+/// the log, say), the namespace it runs in and its name.
 #[derive(Debug, Clone)]
 pub struct ServeContext {
     pub client: async_nats::Client,
@@ -63,11 +63,10 @@ pub struct ServeContext {
 /// }
 /// let agent = choreo_bus::Agent::builder("greeter").subscribes("person.arrived").build();
 /// choreo_bus::serve::serve_with(agent, |greeting: Greeting, _context| async move {
-///     let word = greeting.word;
-///     Ok(choreo_bus::handler_fn(move |_event| {
-///         let _ = word.len();
-///         async { Ok(vec![]) }
-///     }))
+///     if greeting.word.is_empty() {
+///         return Err(choreo_bus::ValidationError::new("word", "must not be empty"));
+///     }
+///     Ok(choreo_bus::handler_fn(|_event| async { Ok(vec![]) }))
 /// })
 /// .await
 /// # }
