@@ -124,10 +124,20 @@ async fn two_copies_of_security_share_the_work() -> anyhow::Result<()> {
     let bus = Bus::start().await?;
     let mut team = Team::new(bus.server.url())?;
     team.start("choreo-triage", &[])?;
-    // One event at a time, so neither copy can take the whole batch before the other pulls.
-    let one_at_a_time = [("CHOREO_CONCURRENCY", "1")];
-    team.start("choreo-security", &one_at_a_time)?;
-    team.start("choreo-security", &one_at_a_time)?;
+    // Paced, so a pull fetches about a second of work (20 events) and one copy cannot take
+    // all 30 runs before the other pulls.
+    let paced = [("CHOREO_HANDLE_RATE", "20/s")];
+    team.start("choreo-security", &paced)?;
+    team.start("choreo-security", &paced)?;
+    wait_until("both copies have bound the consumer", || {
+        let started = team
+            .copies("choreo-security")
+            .iter()
+            .filter(|p| p.log().contains("agent started"))
+            .count();
+        async move { Ok(started == 2) }
+    })
+    .await?;
 
     const RUNS: usize = 30;
     let mut runs = Vec::new();
