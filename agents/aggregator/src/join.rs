@@ -50,14 +50,9 @@ impl Projection for ReviewJoin {
     /// Payloads that do not parse are left out: the agent that wrote them was dead-lettered
     /// or is a different build, and the join can only wait for what it can read.
     fn apply(&mut self, event: &Event, _record: &LogRecord) {
-        let json = |event: &Event| -> Option<serde_json::Value> {
-            serde_json::from_slice(&event.data).ok()
-        };
         match event.r#type.as_str() {
             PLANNED => {
-                let Some(planned) =
-                    json(event).and_then(|v| serde_json::from_value::<ReviewPlanned>(v).ok())
-                else {
+                let Some(planned) = parse::<ReviewPlanned>(event) else {
                     return;
                 };
                 self.round(1).expected = planned.specialists.iter().cloned().collect();

@@ -124,10 +124,6 @@ impl Notifier {
             }),
         })
     }
-
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
 }
 
 impl choreo_bus::Handler for Notifier {

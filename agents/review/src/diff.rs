@@ -213,8 +213,9 @@ impl Diff {
         self.files.iter().filter(|f| !f.deleted)
     }
 
+    /// Whether a file of `kind` is changed (deleted files do not count).
     pub fn has_kind(&self, kind: FileKind) -> bool {
-        self.files.iter().any(|f| f.kind() == kind)
+        self.changed_files().any(|f| f.kind() == kind)
     }
 }
 

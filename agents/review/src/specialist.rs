@@ -55,31 +55,34 @@ impl<S: Specialty> Specialist<S> {
 
 impl<S: Specialty> Handler for Specialist<S> {
     async fn handle(&self, event: &Incoming) -> Result<Vec<Emit>, HandlerError> {
-        let (request, round, revision) = match event.r#type.as_str() {
+        // Whichever event it is owns the request; the task borrows it from there.
+        let (planned, revision);
+        let (request, round, revised) = match event.r#type.as_str() {
             PLANNED => {
-                let planned: ReviewPlanned = event.json()?;
+                planned = event.json::<ReviewPlanned>()?;
                 if !planned.specialists.iter().any(|name| name == S::NAME) {
                     return Ok(Vec::new());
                 }
-                (planned.request, 1, None)
+                (&planned.request, 1, None)
             }
             REVISION_REQUESTED => {
-                let revision: RevisionRequested = event.json()?;
+                revision = event.json::<RevisionRequested>()?;
                 if revision.specialist != S::NAME {
                     return Ok(Vec::new());
                 }
-                (revision.request.clone(), revision.round, Some(revision))
+                let asked = Revision {
+                    reason: &revision.reason,
+                    findings: &revision.findings,
+                };
+                (&revision.request, revision.round, Some(asked))
             }
             other => return Err(unexpected_type(other)),
         };
         let diff = Diff::parse(&request.diff).map_err(HandlerError::permanent)?;
         let task = Task {
-            request: &request,
+            request,
             diff: &diff,
-            revision: revision.as_ref().map(|r| Revision {
-                reason: &r.reason,
-                findings: &r.findings,
-            }),
+            revision: revised,
         };
         let review = self.brain.review(&task).await?;
         let mut emits = Vec::with_capacity(review.findings.len() + 1);

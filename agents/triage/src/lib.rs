@@ -35,9 +35,8 @@ pub fn plan(request: ReviewRequested) -> Result<ReviewPlanned, HandlerError> {
         )));
     }
     let diff = Diff::parse(&request.diff).map_err(HandlerError::permanent)?;
-    let has = |kind| diff.changed_files().any(|f| f.kind() == kind);
-    let code = has(FileKind::Code);
-    let config = has(FileKind::Config);
+    let code = diff.has_kind(FileKind::Code);
+    let config = diff.has_kind(FileKind::Config);
     let mut specialists = Vec::new();
     let mut skipped = Vec::new();
     let mut decide = |name: &str, applies: bool, reason: &str| {
@@ -53,7 +52,7 @@ pub fn plan(request: ReviewRequested) -> Result<ReviewPlanned, HandlerError> {
     let changes_anything = diff.changed_files().next().is_some();
     decide(
         "security",
-        code || config || has(FileKind::Test),
+        code || config || diff.has_kind(FileKind::Test),
         "no code or configuration changes",
     );
     decide("performance", code, "no code outside tests changes");

@@ -11,7 +11,7 @@ use choreo_review::events::{COMPLETED, REQUESTED};
 use futures::StreamExt as _;
 use serde::Serialize;
 
-use crate::{Settings, fresh_streams};
+use crate::{Settings, fresh_streams, percentile};
 
 use choreo_review::TEAM;
 /// Reviews run before measuring, so connections, consumers and caches are warm.
@@ -66,18 +66,13 @@ pub async fn run(
     for agent in &mut agents {
         agent.terminate(Duration::from_secs(10)).await;
     }
-    let mut latencies = outcome?;
-    latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index]
-    };
+    let latencies = outcome?;
     Ok(ReviewReport {
         scenario: "review",
         reviews: latencies.len(),
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
-        max_ms: latencies.last().copied().unwrap_or(0.0),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: percentile(&latencies, 1.0),
         mean_ms: latencies.iter().sum::<f64>() / latencies.len() as f64,
         max_agent_rss_mb: rss.first().map_or(0.0, |r| r.1),
         agent_rss_mb: rss,

@@ -236,11 +236,5 @@ async fn wait_for_dead_letters(
 }
 
 fn p99(latencies: &[f64]) -> f64 {
-    let mut sorted = latencies.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((sorted.len() as f64) * 0.99).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    crate::percentile(latencies, 0.99)
 }

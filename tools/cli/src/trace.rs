@@ -39,12 +39,7 @@ pub async fn run(args: TraceArgs) -> Result<(), Failure> {
     let namespace = args.connection.namespace()?;
     choreo_bus::names::validate_id("correlation", &args.correlation).map_err(Failure::usage)?;
     let jetstream = args.connection.jetstream().await?;
-    let agents = agent_positions(&jetstream, &namespace)
-        .await
-        .map_err(Failure::log)?;
-    let trace = RunTrace::read(&jetstream, &namespace, &args.correlation, &agents)
-        .await
-        .map_err(Failure::trace)?;
+    let trace = read(&jetstream, &namespace, &args.correlation).await?;
     match args.format {
         Format::Tree => print!("{}", tree(&trace, args.verbose)),
         Format::Json => println!(
@@ -71,6 +66,20 @@ pub async fn run(args: TraceArgs) -> Result<(), Failure> {
 }
 
 /// What became of an event, in words.
+/// One run's trace, with the outcomes the agents' consumers tell.
+pub async fn read(
+    jetstream: &async_nats::jetstream::Context,
+    namespace: &choreo_bus::Namespace,
+    correlation: &str,
+) -> Result<RunTrace, Failure> {
+    let agents = agent_positions(jetstream, namespace)
+        .await
+        .map_err(Failure::log)?;
+    RunTrace::read(jetstream, namespace, correlation, &agents)
+        .await
+        .map_err(Failure::trace)
+}
+
 pub fn outcome(node: &TraceNode) -> String {
     let mut parts = Vec::new();
     for letter in &node.dead_letters {

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use choreo_bus::log::{LogQuery, LogReader, Until};
-use choreo_bus::projection::run_board::agent_positions;
-use choreo_bus::trace::RunTrace;
 use choreo_bus::{NatsConfig, Publisher, RootEvent, StreamsConfig};
 use choreo_local_nats::process::{AgentProcess, sibling_binary};
 use choreo_local_nats::{NatsServer, Options, TestServerError};
@@ -160,13 +158,12 @@ async fn demo(jetstream: &jetstream::Context) -> Result<(), Failure> {
             )));
         }
     };
-    let namespace = choreo_bus::Namespace::default();
-    let agents = agent_positions(jetstream, &namespace)
-        .await
-        .map_err(Failure::log)?;
-    let trace = RunTrace::read(jetstream, &namespace, &correlation_id, &agents)
-        .await
-        .map_err(Failure::trace)?;
+    let trace = crate::trace::read(
+        jetstream,
+        &choreo_bus::Namespace::default(),
+        &correlation_id,
+    )
+    .await?;
     println!("\nthe run's trace (choreo trace {correlation_id}):\n");
     print!("{}", crate::trace::tree(&trace, false));
     println!("\nthe report ({}):\n", delivered.target);

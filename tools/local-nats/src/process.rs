@@ -51,7 +51,6 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, ProcessError> {
 #[derive(Debug)]
 pub struct AgentProcess {
     name: String,
-    binary: PathBuf,
     log: PathBuf,
     child: Child,
 }
@@ -98,7 +97,6 @@ impl AgentProcess {
             .unwrap_or_default();
         Ok(AgentProcess {
             name,
-            binary: binary.to_path_buf(),
             log: log.to_path_buf(),
             child,
         })
@@ -107,10 +105,6 @@ impl AgentProcess {
     /// The binary's file name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn binary(&self) -> &Path {
-        &self.binary
     }
 
     /// The process id while it runs.
@@ -125,11 +119,6 @@ impl AgentProcess {
     /// What the process has written so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether it has exited, and how.
-    pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
     }
 
     /// The most resident memory the process has used so far, in KiB (`VmHWM` on Linux), or
