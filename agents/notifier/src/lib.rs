@@ -17,7 +17,7 @@ use choreo_bus::guard::{BreakerConfig, CircuitBreaker};
 use choreo_bus::settings::HumanDuration;
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
 use choreo_review::events::{APPROVED, DELIVERED, ReviewApproved, ReviewDelivered};
-use choreo_review::{Report, emit_json};
+use choreo_review::{Report, emit_json, outbound};
 
 pub fn agent() -> Result<Agent, ValidationError> {
     Agent::builder("notifier")
@@ -163,7 +163,6 @@ impl Webhook {
                 "report": approved.report,
             },
         });
-        let permit = self.breaker.try_acquire()?;
         let mut request = self
             .http
             .post(&url)
@@ -172,42 +171,17 @@ impl Webhook {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                permit.failure();
-                return Err(HandlerError::retryable(format!(
-                    "cannot post to {url}: {err}"
-                )));
-            }
-        };
-        let status = response.status();
-        if status.is_success() {
-            permit.success();
-            return Ok(ReviewDelivered {
-                target: url,
-                status: Some(status.as_u16()),
-            });
-        }
-        let answer: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(300)
-            .collect();
-        if status.is_server_error() || status.as_u16() == 429 {
-            permit.failure();
-            Err(HandlerError::retryable(format!(
-                "{url} answered {status}: {answer}"
-            )))
-        } else {
-            permit.ignore();
-            Err(HandlerError::permanent(format!(
-                "{url} refused the report with {status}: {answer} (check CHOREO_WEBHOOK_URL \
-                 and CHOREO_WEBHOOK_TOKEN)"
-            )))
-        }
+        let response = outbound::send(
+            &self.breaker,
+            request,
+            &url,
+            "check CHOREO_WEBHOOK_URL and CHOREO_WEBHOOK_TOKEN",
+        )
+        .await?;
+        Ok(ReviewDelivered {
+            target: url,
+            status: Some(response.status().as_u16()),
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The review team's events: their types and JSON payloads.
 //!
 //! ```text
+//! github.pull_request.changed ─fetcher─▶ review.requested   (from the gateway's GitHub webhook)
 //! review.requested ─triage─▶ review.planned ─┬─security────▶ review.finding*, review.specialist.completed
 //!                                            ├─performance─▶   "
 //!                                            ├─style───────▶   "
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::finding::Finding;
 
+/// A pull request was opened or pushed to (from the gateway's GitHub webhook).
+pub const PULL_REQUEST_CHANGED: &str = "github.pull_request.changed";
 pub const REQUESTED: &str = "review.requested";
 pub const PLANNED: &str = "review.planned";
 pub const FINDING: &str = "review.finding";
@@ -39,6 +42,25 @@ pub struct ReviewRequested {
     /// Where a person can see the change (a pull request's page).
     #[serde(default)]
     pub url: String,
+}
+
+/// A pull request to review, as GitHub announced it: everything but the diff, which the
+/// `fetcher` agent fetches from `diff_url` and turns into [`ReviewRequested`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestChanged {
+    /// `opened`, `synchronize`, `reopened` or `ready_for_review`.
+    pub action: String,
+    /// `owner/name`.
+    pub repository: String,
+    pub number: u64,
+    pub title: String,
+    pub author: String,
+    /// The pull request's page.
+    pub url: String,
+    /// Where its unified diff is served.
+    pub diff_url: String,
+    /// The commit reviewed.
+    pub head_sha: String,
 }
 
 /// A specialist triage left out, and why.

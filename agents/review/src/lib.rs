@@ -8,6 +8,8 @@
 //! - [`finding`]: [`Finding`] and [`Severity`].
 //! - [`brain`]: [`Specialty`] (a specialist's rules and focus) and [`Brain`] (rules or model).
 //! - [`llm`]: the chat-completions brain, with retries, a breaker and token accounting.
+//! - [`outbound`]: calls to other services behind a breaker (the notifier's webhook, the
+//!   fetcher's diffs).
 //! - [`specialist`]: the handler and `main` every specialist shares.
 //! - [`report`]: the aggregator's [`Report`] and its Markdown.
 //! - [`samples`]: a sample change, for the demo, the tests and the benchmark.
@@ -21,6 +23,7 @@ pub mod diff;
 pub mod events;
 pub mod finding;
 pub mod llm;
+pub mod outbound;
 pub mod report;
 pub mod samples;
 pub mod specialist;

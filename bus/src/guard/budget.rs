@@ -187,6 +187,25 @@ impl CorrelationBudget {
         })
     }
 
+    /// Refuses a run that has used its budget, without charging it: for a front door that
+    /// should not accept a new event into a run whose publishing has stopped. A run never
+    /// charged passes.
+    pub async fn check(&self, correlation: &str) -> Result<(), BudgetError> {
+        if let Some(limit) = self.limits.max_tokens {
+            let tokens = self.read(correlation, BudgetKind::Tokens).await?;
+            if tokens > limit {
+                return Err(self.exhausted(correlation, BudgetKind::Tokens, tokens, limit));
+            }
+        }
+        if let Some(limit) = self.limits.max_events {
+            let events = self.read(correlation, BudgetKind::Events).await?;
+            if events >= limit {
+                return Err(self.exhausted(correlation, BudgetKind::Events, limit, limit));
+            }
+        }
+        Ok(())
+    }
+
     async fn take_events(
         &self,
         correlation: &str,

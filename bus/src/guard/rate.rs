@@ -151,8 +151,26 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a slot now if the rate allows one, without waiting; otherwise books nothing and
+    /// says how long until a call would pass. For callers that refuse instead of queueing: an
+    /// HTTP front door answering `429` with `Retry-After`.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.book(now, |allowed_at| allowed_at <= now)
+            .map(|_| ())
+            .map_err(|allowed_at| allowed_at - now)
+    }
+
     /// Books the next slot for a call made at `now` and returns when it may proceed.
     fn reserve(&self, now: Instant) -> Instant {
+        match self.book(now, |_| true) {
+            Ok(at) | Err(at) => at,
+        }
+    }
+
+    /// The GCRA step: when the next call made at `now` may proceed; the slot is booked only
+    /// if `take` accepts that instant (`Ok`), else left free (`Err`).
+    fn book(&self, now: Instant, take: impl FnOnce(Instant) -> bool) -> Result<Instant, Instant> {
         // A poisoned lock only means another task panicked between two plain assignments;
         // the instant inside is still a valid schedule.
         let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
@@ -160,8 +178,11 @@ impl RateLimiter {
         let allowed_at = next
             .checked_sub(self.tolerance)
             .map_or(now, |earliest| earliest.max(now));
+        if !take(allowed_at) {
+            return Err(allowed_at);
+        }
         *tat = Some(next + self.interval);
-        allowed_at
+        Ok(allowed_at)
     }
 }
 
@@ -275,6 +296,23 @@ mod tests {
             Duration::from_millis(100),
             "but only one burst"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_refuses_over_the_rate_with_the_wait_and_books_nothing() {
+        let limiter = limiter("10/s", 2);
+        assert_eq!(limiter.try_acquire(), Ok(()));
+        assert_eq!(limiter.try_acquire(), Ok(()), "the burst");
+        assert_eq!(limiter.try_acquire(), Err(Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(
+            limiter.try_acquire(),
+            Err(Duration::from_millis(60)),
+            "a refusal does not push the next slot back"
+        );
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(limiter.try_acquire(), Ok(()));
+        assert!(limiter.try_acquire().is_err());
     }
 
     #[test]
