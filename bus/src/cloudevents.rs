@@ -91,7 +91,8 @@ pub fn data_as_json(event: &Event) -> Option<Value> {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
+/// Whether a media type is JSON (`application/json` or any `+json`), parameters aside.
+pub fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence == JSON || essence.ends_with("+json")
 }

@@ -64,7 +64,10 @@ pub struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("github_token", &self.github_token.as_ref().map(|_| "<hidden>"))
+            .field(
+                "github_token",
+                &self.github_token.as_ref().map(|_| "<hidden>"),
+            )
             .field("fetch_timeout", &self.fetch_timeout)
             .field("fetch_max_bytes", &self.fetch_max_bytes)
             .field("fetch_allow_hosts", &self.fetch_allow_hosts)
@@ -329,10 +332,7 @@ mod tests {
     }
 
     async fn refusal(fetcher: &Fetcher, url: String) -> HandlerError {
-        fetcher
-            .handle(&announced(url))
-            .await
-            .expect_err("refused")
+        fetcher.handle(&announced(url)).await.expect_err("refused")
     }
 
     #[tokio::test]
@@ -359,7 +359,9 @@ mod tests {
         assert!(err.to_string().contains("over the cap of 1024"), "{err}");
         let with_length = refusal(&fetcher(100), format!("{server}/ok.diff")).await;
         assert!(
-            with_length.to_string().contains(&samples::REFUNDS_DIFF.len().to_string()),
+            with_length
+                .to_string()
+                .contains(&samples::REFUNDS_DIFF.len().to_string()),
             "the announced length is named: {with_length}"
         );
     }
@@ -371,7 +373,11 @@ mod tests {
         let cases = [
             ("/gone.diff", HandlerErrorKind::Permanent, "404"),
             ("/down.diff", HandlerErrorKind::Retryable, "503"),
-            ("/page.diff", HandlerErrorKind::Permanent, "did not serve a unified diff"),
+            (
+                "/page.diff",
+                HandlerErrorKind::Permanent,
+                "did not serve a unified diff",
+            ),
             ("/away.diff", HandlerErrorKind::Permanent, "302"),
         ];
         for (path, kind, says) in cases {
@@ -385,7 +391,10 @@ mod tests {
     async fn hosts_not_allowed_are_never_contacted() {
         let err = refusal(&fetcher(1 << 20), "http://169.254.169.254/latest".into()).await;
         assert_eq!(err.kind(), HandlerErrorKind::Permanent);
-        assert!(err.to_string().contains("CHOREO_FETCH_ALLOW_HOSTS"), "{err}");
+        assert!(
+            err.to_string().contains("CHOREO_FETCH_ALLOW_HOSTS"),
+            "{err}"
+        );
         let err = refusal(&fetcher(1 << 20), "file:///etc/passwd".into()).await;
         assert_eq!(err.kind(), HandlerErrorKind::Permanent);
     }

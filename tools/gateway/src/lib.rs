@@ -1,0 +1,350 @@
+//! The choreo HTTP gateway: how events from outside (CI, scripts, other services, GitHub) enter
+//! the choreography.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/events` | an event, or CloudEvents in structured, binary or batch mode ([`intake`]); bearer token ([`tokens`]); `202` with the ids |
+//! | `POST /v1/webhooks/github` | a GitHub delivery, verified by its signature ([`github`]) |
+//! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | NATS is connected and the events stream is there |
+//!
+//! Each request passes, in order: the token (401), the token's rate (429), the body cap (413),
+//! reading and validating every event (400, 415), the token's event types (403), the run's
+//! budget (409), and publishing (503, 507, 502) ([`door`]). Every refusal is a problem document
+//! ([`problem`]); nothing is published unless every event of the request is valid and allowed.
+
+pub mod door;
+pub mod github;
+pub mod intake;
+pub mod problem;
+pub mod settings;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::connection::State as ConnectionState;
+use async_nats::jetstream;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use choreo_bus::guard::{CorrelationBudget, RateLimiter};
+use choreo_bus::{Namespace, Published, Publisher, ValidationError};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::door::Door;
+use crate::intake::Mode;
+use crate::problem::{Kind, Problem};
+use crate::settings::GatewaySettings;
+use crate::tokens::{Client, Tokens};
+
+pub use settings::GatewaySettings as Settings;
+
+/// The gateway's state, shared by every request.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tokens: Tokens,
+    /// One per client name, and one for the GitHub webhook.
+    limiters: HashMap<String, RateLimiter>,
+    github_secret: Option<Vec<u8>>,
+    door: Door,
+    jetstream: jetstream::Context,
+    namespace: Namespace,
+    max_body: usize,
+}
+
+/// The limiter key of the GitHub webhook (not a valid token name, so never a client's).
+const GITHUB_LIMITER: &str = "\u{0}github";
+
+impl Gateway {
+    /// A gateway publishing through `client` (connected to `nats_url`, for messages).
+    pub fn new(
+        client: async_nats::Client,
+        nats_url: String,
+        settings: &GatewaySettings,
+    ) -> Result<Self, ValidationError> {
+        settings.validate()?;
+        let namespace = settings.namespace()?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(settings.publish_timeout())
+            .build(client.clone());
+        let limit = settings.rate_limit();
+        let mut limiters = HashMap::new();
+        for client in settings.tokens.clients() {
+            limiters.insert(client.name.clone(), RateLimiter::new(limit)?);
+        }
+        limiters.insert(GITHUB_LIMITER.to_string(), RateLimiter::new(limit)?);
+        let door = Door::new(
+            client.clone(),
+            Publisher::new(jetstream.clone(), namespace.clone()),
+            CorrelationBudget::new(client, namespace.clone(), settings.budget()),
+            nats_url,
+        );
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                tokens: settings.tokens.clone(),
+                limiters,
+                github_secret: settings
+                    .github_webhook_secret
+                    .as_ref()
+                    .map(|secret| secret.as_bytes().to_vec()),
+                door,
+                jetstream,
+                namespace,
+                max_body: settings.max_body,
+            }),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/events", post(post_events))
+            .route("/v1/webhooks/github", post(post_github))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(|| async {
+                Problem::new(
+                    Kind::NotFound,
+                    "no such route: POST /v1/events, POST /v1/webhooks/github, GET /healthz, \
+                     GET /readyz",
+                )
+            })
+            .with_state(self.clone())
+    }
+
+    async fn events(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+        let client = self.authenticate(&headers)?;
+        self.pace(&client.name)?;
+        let body = self.read_body(&headers, body).await?;
+        let intake = intake::read(&headers, &body, &client.name)?;
+        for event in &intake.events {
+            let allowed = choreo_bus::EventType::new(event.r#type.as_str())
+                .is_ok_and(|event_type| client.may_publish(&event_type));
+            if !allowed {
+                return Err(Problem::new(
+                    Kind::ForbiddenType,
+                    format!(
+                        "token {} may not publish {} (it may publish {}); nothing was published",
+                        client.name,
+                        event.r#type,
+                        client.allowed()
+                    ),
+                )
+                .field("type"));
+            }
+        }
+        let published = self.inner.door.publish(&intake.events).await?;
+        for (event, stored) in intake.events.iter().zip(&published) {
+            tracing::info!(
+                client = %client.name,
+                event_id = %event.id,
+                event_type = %event.r#type,
+                correlation_id = %event.correlation_id,
+                duplicate = stored.duplicate,
+                "accepted"
+            );
+        }
+        Ok(accepted(intake.mode, &published))
+    }
+
+    async fn github(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+        let Some(secret) = &self.inner.github_secret else {
+            return Err(Problem::new(
+                Kind::NotFound,
+                "the GitHub webhook is off: set CHOREO_GITHUB_WEBHOOK_SECRET to turn it on",
+            ));
+        };
+        self.pace(GITHUB_LIMITER)?;
+        let body = self.read_body(&headers, body).await?;
+        github::verify(secret, &headers, &body)?;
+        let event = match github::read(&headers, &body)? {
+            github::Delivery::Ping => {
+                return Ok((StatusCode::OK, axum::Json(json!({"pong": true}))).into_response());
+            }
+            github::Delivery::Ignored(why) => {
+                return Ok((StatusCode::OK, axum::Json(json!({"ignored": why}))).into_response());
+            }
+            github::Delivery::Review(event) => event,
+        };
+        let published = self
+            .inner
+            .door
+            .publish(std::slice::from_ref(&event))
+            .await?;
+        tracing::info!(
+            event_id = %event.id,
+            event_type = %event.r#type,
+            "accepted a GitHub delivery"
+        );
+        Ok(accepted(Mode::Event, &published))
+    }
+
+    /// The client whose bearer token the request carries.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, Problem> {
+        let unauthorized = |detail: &str| Problem::new(Kind::Unauthorized, detail);
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("send Authorization: Bearer <token>"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|text| {
+                let (scheme, token) = text.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| unauthorized("the Authorization header is not Bearer <token>"))?;
+        self.inner
+            .tokens
+            .client(token)
+            .ok_or_else(|| unauthorized("the bearer token is not one this gateway knows"))
+    }
+
+    /// Takes one of the rate's slots for `key`, or says when one is free.
+    fn pace(&self, key: &str) -> Result<(), Problem> {
+        let Some(limiter) = self.inner.limiters.get(key) else {
+            return Ok(());
+        };
+        limiter.try_acquire().map_err(|wait| {
+            Problem::new(
+                Kind::RateLimited,
+                format!(
+                    "over the rate of {} requests: retry after {} ms; nothing was published",
+                    limiter.limit(),
+                    wait.as_millis()
+                ),
+            )
+            .retry_after(wait)
+        })
+    }
+
+    /// The body, refused as soon as it is known to pass the cap.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+        let max = self.inner.max_body;
+        let too_large = || {
+            Problem::new(
+                Kind::BodyTooLarge,
+                format!(
+                    "the body is over {max} bytes (CHOREO_GATEWAY_MAX_BODY); send less, or split a batch"
+                ),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > max) {
+            return Err(too_large());
+        }
+        let mut stream = body.into_data_stream();
+        let mut collected = Vec::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|err| {
+                Problem::new(
+                    Kind::MalformedBody,
+                    format!("the body could not be read: {err}"),
+                )
+            })?;
+            if collected.len() + chunk.len() > max {
+                return Err(too_large());
+            }
+            collected.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(collected))
+    }
+
+    async fn ready(&self) -> Result<Value, Problem> {
+        self.inner.door.ensure_connected()?;
+        let stream = self.inner.namespace.stream_name();
+        self.inner
+            .jetstream
+            .get_stream(&stream)
+            .await
+            .map_err(|err| {
+                Problem::new(
+                    Kind::NatsUnavailable,
+                    format!(
+                        "the {stream} stream is not there ({err}): run `choreo streams ensure`"
+                    ),
+                )
+            })?;
+        Ok(json!({"nats": ConnectionState::Connected.to_string(), "stream": stream}))
+    }
+}
+
+/// `202` with what was stored: one object, or `{"events": [...]}` for a batch.
+fn accepted(mode: Mode, published: &[Published]) -> Response {
+    let one = |stored: &Published| {
+        json!({
+            "id": stored.event_id,
+            "correlation_id": stored.correlation_id,
+            "stream_sequence": stored.stream_sequence,
+            "duplicate": stored.duplicate,
+        })
+    };
+    let body = match (mode, published) {
+        (Mode::Batch, all) | (_, all @ ([] | [_, _, ..])) => {
+            json!({"events": all.iter().map(one).collect::<Vec<_>>()})
+        }
+        (_, [stored]) => one(stored),
+    };
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// Logs what a refusal said (server-side failures as warnings) and answers with it.
+fn answer(result: Result<Response, Problem>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(problem) => {
+            if problem.status.is_server_error() {
+                tracing::warn!(status = %problem.status, detail = %problem.detail, "refused");
+            } else {
+                tracing::debug!(status = %problem.status, detail = %problem.detail, "refused");
+            }
+            problem.into_response()
+        }
+    }
+}
+
+async fn post_events(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
+    answer(gateway.events(headers, body).await)
+}
+
+async fn post_github(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
+    answer(gateway.github(headers, body).await)
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    answer(
+        gateway
+            .ready()
+            .await
+            .map(|body| axum::Json(body).into_response()),
+    )
+}
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then finishes the requests in
+/// hand.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, gateway.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,144 @@
+//! The gateway's settings: every one a flag and an environment variable of the same name
+//! (`--max-body` / `CHOREO_GATEWAY_MAX_BODY`); `choreo-gateway --help` lists them. Connection
+//! settings are the `NATS_*` variables every choreo process reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use choreo_bus::ValidationError;
+use choreo_bus::guard::{BudgetLimits, Rate, RateLimit};
+use choreo_bus::names::{DEFAULT_NAMESPACE, Namespace};
+use choreo_bus::settings::{HumanDuration, Limit};
+
+use crate::tokens::Tokens;
+
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "choreo-gateway",
+    about = "The choreo HTTP gateway: publishes events, CloudEvents and GitHub webhooks into \
+             the choreography.",
+    after_help = "Connection: NATS_URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED, \
+                  NATS_CREDS, NATS_TLS_CA/NATS_TLS_CERT/NATS_TLS_KEY. Logs: \
+                  CHOREO_LOG_FORMAT=human|json, RUST_LOG."
+)]
+pub struct GatewaySettings {
+    /// Address to listen on.
+    #[arg(long, env = "CHOREO_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer tokens and the event types each may publish:
+    /// `NAME=TOKEN:TYPE,TYPE;NAME=TOKEN:*`. A type ending in `.*` allows every type under it;
+    /// `*` allows all. Tokens are at least 16 characters.
+    #[arg(
+        long,
+        env = "CHOREO_GATEWAY_TOKENS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub tokens: Tokens,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CHOREO_GATEWAY_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+    /// Requests each token (and the GitHub webhook) may make, e.g. 50/s or 600/m.
+    #[arg(long, env = "CHOREO_GATEWAY_RATE", default_value = "50/s")]
+    pub rate: Rate,
+    /// Requests a token may make back to back before the rate applies.
+    #[arg(long, env = "CHOREO_GATEWAY_BURST", default_value_t = 100)]
+    pub burst: u32,
+    /// How long to wait for the stream to confirm a publish before answering 503.
+    #[arg(long, env = "CHOREO_GATEWAY_PUBLISH_TIMEOUT", default_value = "5s")]
+    pub publish_timeout: HumanDuration,
+    /// Secret of the GitHub webhook (its X-Hub-Signature-256). Unset: the webhook answers 404.
+    #[arg(long, env = "CHOREO_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+    /// The namespace events are published into.
+    #[arg(long, env = "CHOREO_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Events agents may emit in one run; a run past it is refused at the door.
+    #[arg(
+        long,
+        env = "CHOREO_MAX_EVENTS",
+        value_name = "N|off",
+        default_value = "1000"
+    )]
+    pub max_events: Limit,
+    /// LLM tokens one run may spend; a run past it is refused at the door.
+    #[arg(
+        long,
+        env = "CHOREO_MAX_TOKENS",
+        value_name = "N|off",
+        default_value = "500000"
+    )]
+    pub max_tokens: Limit,
+}
+
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("listen", &self.listen)
+            .field("tokens", &self.tokens)
+            .field("max_body", &self.max_body)
+            .field("rate", &self.rate_limit())
+            .field("publish_timeout", &self.publish_timeout)
+            .field(
+                "github_webhook_secret",
+                &self.github_webhook_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("namespace", &self.namespace)
+            .field("budget", &self.budget())
+            .finish()
+    }
+}
+
+impl GatewaySettings {
+    /// Checks what clap cannot: a namespace that is a valid name, a burst of at least one, a
+    /// body cap and a timeout above zero, a secret that is not blank.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.namespace()?;
+        if self.burst == 0 {
+            return Err(ValidationError::new("burst", "must be at least 1"));
+        }
+        if self.max_body == 0 {
+            return Err(ValidationError::new("max-body", "must be above zero"));
+        }
+        if self.publish_timeout.0.is_zero() {
+            return Err(ValidationError::new(
+                "publish-timeout",
+                "must be above zero",
+            ));
+        }
+        if self
+            .github_webhook_secret
+            .as_ref()
+            .is_some_and(|secret| secret.trim().is_empty())
+        {
+            return Err(ValidationError::new(
+                "github-webhook-secret",
+                "is set but blank; unset it to turn the webhook off",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn namespace(&self) -> Result<Namespace, ValidationError> {
+        Namespace::new(self.namespace.clone())
+            .map_err(|err| ValidationError::new("namespace", err.reason))
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            rate: self.rate,
+            burst: self.burst,
+        }
+    }
+
+    pub fn budget(&self) -> BudgetLimits {
+        BudgetLimits {
+            max_events: self.max_events.0,
+            max_tokens: self.max_tokens.0,
+        }
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout.0
+    }
+}
