@@ -79,9 +79,10 @@ impl Gateway {
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(settings.publish_timeout())
             .build(client.clone());
+        let tokens = settings.tokens()?;
         let limit = settings.rate_limit();
         let mut limiters = HashMap::new();
-        for client in settings.tokens.clients() {
+        for client in tokens.clients() {
             limiters.insert(client.name.clone(), RateLimiter::new(limit)?);
         }
         limiters.insert(GITHUB_LIMITER.to_string(), RateLimiter::new(limit)?);
@@ -93,7 +94,7 @@ impl Gateway {
         );
         Ok(Gateway {
             inner: Arc::new(Inner {
-                tokens: settings.tokens.clone(),
+                tokens,
                 limiters,
                 github_secret: settings
                     .github_webhook_secret

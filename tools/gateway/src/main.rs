@@ -35,7 +35,7 @@ async fn main() -> ExitCode {
     if let Err(err) = settings.validate() {
         return config_error(&err);
     }
-    if settings.tokens.is_empty() {
+    if settings.tokens().is_ok_and(|tokens| tokens.is_empty()) {
         tracing::warn!("no tokens configured (CHOREO_GATEWAY_TOKENS): POST /v1/events answers 401");
     }
     let nats = match NatsConfig::from_env() {

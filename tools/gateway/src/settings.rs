@@ -28,13 +28,16 @@ pub struct GatewaySettings {
     /// Bearer tokens and the event types each may publish:
     /// `NAME=TOKEN:TYPE,TYPE;NAME=TOKEN:*`. A type ending in `.*` allows every type under it;
     /// `*` allows all. Tokens are at least 16 characters.
+    //
+    // Kept as text and parsed by `tokens()`, so that a refusal never echoes a token the way
+    // clap echoes a bad value.
     #[arg(
         long,
         env = "CHOREO_GATEWAY_TOKENS",
         hide_env_values = true,
         default_value = ""
     )]
-    pub tokens: Tokens,
+    pub tokens: String,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "CHOREO_GATEWAY_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -75,7 +78,7 @@ impl std::fmt::Debug for GatewaySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewaySettings")
             .field("listen", &self.listen)
-            .field("tokens", &self.tokens)
+            .field("tokens", &self.tokens())
             .field("max_body", &self.max_body)
             .field("rate", &self.rate_limit())
             .field("publish_timeout", &self.publish_timeout)
@@ -90,10 +93,11 @@ impl std::fmt::Debug for GatewaySettings {
 }
 
 impl GatewaySettings {
-    /// Checks what clap cannot: a namespace that is a valid name, a burst of at least one, a
-    /// body cap and a timeout above zero, a secret that is not blank.
+    /// Checks what clap cannot: tokens as documented, a namespace that is a valid name, a
+    /// burst of at least one, a body cap and a timeout above zero, a secret that is not blank.
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.namespace()?;
+        self.tokens()?;
         if self.burst == 0 {
             return Err(ValidationError::new("burst", "must be at least 1"));
         }
@@ -122,6 +126,11 @@ impl GatewaySettings {
     pub fn namespace(&self) -> Result<Namespace, ValidationError> {
         Namespace::new(self.namespace.clone())
             .map_err(|err| ValidationError::new("namespace", err.reason))
+    }
+
+    /// The configured tokens.
+    pub fn tokens(&self) -> Result<Tokens, ValidationError> {
+        self.tokens.parse()
     }
 
     pub fn rate_limit(&self) -> RateLimit {
