@@ -38,7 +38,8 @@ use choreo_bus::{Emit, EventType, HandlerError};
 
 /// The team's binaries, in the order they are started: every agent of the review
 /// choreography. `choreo up`, the end-to-end tests and the benchmark start these.
-pub const TEAM: [&str; 8] = [
+pub const TEAM: [&str; 9] = [
+    "choreo-fetcher",
     "choreo-triage",
     "choreo-security",
     "choreo-performance",

@@ -1,7 +1,8 @@
 //! `choreo up`: a nats-server (unless `NATS_URL` names one) with its store in a project-local
-//! folder, the streams, and every agent of the review team as its own process. `--demo` also
-//! submits a sample change, prints its events as they are stored, and when the review is
-//! delivered prints the run's trace and the report, then stops everything.
+//! folder, the streams, every agent of the review team as its own process, and the HTTP
+//! gateway. `--demo` instead submits a sample change (without the gateway), prints its events
+//! as they are stored, and when the review is delivered prints the run's trace and the report,
+//! then stops everything.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use choreo_review::events::{DELIVERED, REQUESTED};
 use crate::Failure;
 
 /// The agents `up` starts, by binary name: the review team.
-pub const AGENTS: [&str; 8] = choreo_review::TEAM;
+pub const AGENTS: [&str; 9] = choreo_review::TEAM;
 /// How long a demo review may take.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long agents get to drain after SIGTERM.
@@ -36,6 +37,12 @@ pub struct UpArgs {
     /// Folder for the local server's store and the agents' logs.
     #[arg(long, default_value = ".choreo")]
     dir: PathBuf,
+    /// Where the HTTP gateway listens (not started with --demo).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway_listen: std::net::SocketAddr,
+    /// Do not start the HTTP gateway.
+    #[arg(long)]
+    no_gateway: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<(), Failure> {
@@ -75,6 +82,12 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         agents.push(agent);
     }
 
+    let gateway = if args.demo || args.no_gateway {
+        None
+    } else {
+        Some(start_gateway(&args, &url, &logs)?)
+    };
+
     println!("choreo is up");
     println!("  NATS      {url}");
     for agent in &agents {
@@ -82,6 +95,13 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             "  agent     {} (pid {})",
             agent.name(),
             agent.pid().unwrap_or_default()
+        );
+    }
+    if let Some((process, token)) = &gateway {
+        println!(
+            "  gateway   http://{} (pid {}; {token})",
+            args.gateway_listen,
+            process.pid().unwrap_or_default()
         );
     }
     println!("  logs      {}", logs.display());
@@ -93,12 +113,66 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let outcome = if args.demo {
         demo(&jetstream).await
     } else {
+        if gateway.is_some() && std::env::var_os("CHOREO_GATEWAY_TOKENS").is_none() {
+            println!(
+                "  or        curl -H \"Authorization: Bearer $(cat {})\" --json '{{\"type\": \"hello.world\"}}' http://{}/v1/events",
+                args.dir.join(GATEWAY_TOKEN_FILE).display(),
+                args.gateway_listen
+            );
+        }
         println!("Ctrl-C stops everything.");
+        agents.extend(gateway.map(|(process, _)| process));
         choreo_bus::shutdown::signal().await;
         Ok(())
     };
     stop_agents(agents).await;
     outcome
+}
+
+/// Where `up` keeps the gateway's local token, under `--dir`.
+const GATEWAY_TOKEN_FILE: &str = "gateway-token";
+
+/// Starts the gateway. With `CHOREO_GATEWAY_TOKENS` set it uses those tokens; otherwise it
+/// gets one token, `local`, allowed every type, kept in `<dir>/gateway-token` (readable by
+/// this user only). Returns the process and a line saying where the token is.
+fn start_gateway(
+    args: &UpArgs,
+    url: &str,
+    logs: &std::path::Path,
+) -> Result<(AgentProcess, String), Failure> {
+    let binary =
+        sibling_binary("choreo-gateway").map_err(|err| Failure::unavailable(err.to_string()))?;
+    let mut env = vec![
+        ("NATS_URL", url.to_string()),
+        ("CHOREO_GATEWAY_LISTEN", args.gateway_listen.to_string()),
+    ];
+    let said = if std::env::var_os("CHOREO_GATEWAY_TOKENS").is_some() {
+        "tokens from CHOREO_GATEWAY_TOKENS".to_string()
+    } else {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let path = args.dir.join(GATEWAY_TOKEN_FILE);
+        write_private(&path, &token).map_err(|err| {
+            Failure::unavailable(format!("cannot write {}: {err}", path.display()))
+        })?;
+        env.push(("CHOREO_GATEWAY_TOKENS", format!("local={token}:*")));
+        format!("token in {}", path.display())
+    };
+    let process = AgentProcess::start(&binary, env, &logs.join("choreo-gateway.log"))
+        .map_err(|err| Failure::unavailable(err.to_string()))?;
+    Ok((process, said))
+}
+
+/// Writes a secret to a file only this user can read.
+fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())
 }
 
 async fn start_server(args: &UpArgs) -> Result<NatsServer, Failure> {
