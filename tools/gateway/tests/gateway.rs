@@ -77,6 +77,16 @@ impl Door {
         request.send().await.expect("request")
     }
 
+    /// A body of `content_type` from `ci`.
+    async fn send(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.post("/v1/events", Some(CI_TOKEN))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     async fn ready(&self) -> StatusCode {
         self.http
             .get(format!("{}/readyz", self.url))
@@ -161,12 +171,8 @@ async fn each_cloudevents_mode_is_published_as_the_mapping_says() {
         "data": {"ok": true}, "region": "eu"
     });
     let response = door
-        .post("/v1/events", Some(CI_TOKEN))
-        .header("content-type", "application/cloudevents+json")
-        .body(structured.to_string())
-        .send()
-        .await
-        .unwrap();
+        .send("application/cloudevents+json", structured.to_string())
+        .await;
     let (status, body) = answer(response).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["id"], "ce-structured");
@@ -192,13 +198,8 @@ async fn each_cloudevents_mode_is_published_as_the_mapping_says() {
         {"specversion": "1.0", "id": "ce-batch-1", "source": "ci", "type": "build.step", "data": {"n": 1}},
         {"specversion": "1.0", "id": "ce-batch-2", "source": "ci", "type": "build.step", "data": {"n": 2}}
     ]);
-    let send_batch = || {
-        door.post("/v1/events", Some(CI_TOKEN))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(batch.to_string())
-            .send()
-    };
-    let (status, body) = answer(send_batch().await.unwrap()).await;
+    let send_batch = || door.send("application/cloudevents-batch+json", batch.to_string());
+    let (status, body) = answer(send_batch().await).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let ids: Vec<&str> = body["events"]
         .as_array()
@@ -208,7 +209,7 @@ async fn each_cloudevents_mode_is_published_as_the_mapping_says() {
         .collect();
     assert_eq!(ids, ["ce-batch-1", "ce-batch-2"]);
     // The batch again: every event is recognised by its CloudEvent id.
-    let (_, again) = answer(send_batch().await.unwrap()).await;
+    let (_, again) = answer(send_batch().await).await;
     assert!(
         again["events"]
             .as_array()
@@ -283,12 +284,8 @@ async fn missing_unknown_and_unentitled_tokens_are_refused_and_publish_nothing()
         {"specversion": "1.0", "id": "b-no", "source": "ci", "type": "deploy.now"}
     ]);
     let response = door
-        .post("/v1/events", Some(CI_TOKEN))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+        .send("application/cloudevents-batch+json", batch.to_string())
+        .await;
     assert_eq!(answer(response).await.0, StatusCode::FORBIDDEN);
 
     // ops may publish anything.
@@ -331,24 +328,14 @@ async fn bad_input_is_a_400_problem_naming_the_field_and_a_large_body_is_413() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["field"], "Idempotency-Key");
 
-    let not_json = door
-        .post("/v1/events", Some(CI_TOKEN))
-        .header("content-type", "application/json")
-        .body("{\"type\": ")
-        .send()
-        .await
-        .unwrap();
+    let not_json = door.send("application/json", "{\"type\": ").await;
     let (status, problem) = answer(not_json).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["type"], "urn:choreo:problem:malformed-body");
 
     let form = door
-        .post("/v1/events", Some(CI_TOKEN))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("type=a.b")
-        .send()
-        .await
-        .unwrap();
+        .send("application/x-www-form-urlencoded", "type=a.b")
+        .await;
     assert_eq!(answer(form).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let big = json!({"type": "review.requested", "data": {"diff": "+".repeat(4096)}});
