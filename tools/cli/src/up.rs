@@ -97,9 +97,13 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             agent.pid().unwrap_or_default()
         );
     }
-    if let Some((process, token)) = &gateway {
+    if let Some((process, token_file)) = &gateway {
+        let tokens = match token_file {
+            Some(path) => format!("token in {}", path.display()),
+            None => "tokens from CHOREO_GATEWAY_TOKENS".to_string(),
+        };
         println!(
-            "  gateway   http://{} (pid {}; {token})",
+            "  gateway   http://{} (pid {}; {tokens})",
             args.gateway_listen,
             process.pid().unwrap_or_default()
         );
@@ -113,10 +117,10 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let outcome = if args.demo {
         demo(&jetstream).await
     } else {
-        if gateway.is_some() && std::env::var_os("CHOREO_GATEWAY_TOKENS").is_none() {
+        if let Some((_, Some(token_file))) = &gateway {
             println!(
                 "  or        curl -H \"Authorization: Bearer $(cat {})\" --json '{{\"type\": \"hello.world\"}}' http://{}/v1/events",
-                args.dir.join(GATEWAY_TOKEN_FILE).display(),
+                token_file.display(),
                 args.gateway_listen
             );
         }
@@ -134,20 +138,20 @@ const GATEWAY_TOKEN_FILE: &str = "gateway-token";
 
 /// Starts the gateway. With `CHOREO_GATEWAY_TOKENS` set it uses those tokens; otherwise it
 /// gets one token, `local`, allowed every type, kept in `<dir>/gateway-token` (readable by
-/// this user only). Returns the process and a line saying where the token is.
+/// this user only). Returns the process and that file, when `up` made the token.
 fn start_gateway(
     args: &UpArgs,
     url: &str,
     logs: &std::path::Path,
-) -> Result<(AgentProcess, String), Failure> {
+) -> Result<(AgentProcess, Option<PathBuf>), Failure> {
     let binary =
         sibling_binary("choreo-gateway").map_err(|err| Failure::unavailable(err.to_string()))?;
     let mut env = vec![
         ("NATS_URL", url.to_string()),
         ("CHOREO_GATEWAY_LISTEN", args.gateway_listen.to_string()),
     ];
-    let said = if std::env::var_os("CHOREO_GATEWAY_TOKENS").is_some() {
-        "tokens from CHOREO_GATEWAY_TOKENS".to_string()
+    let token_file = if std::env::var_os("CHOREO_GATEWAY_TOKENS").is_some() {
+        None
     } else {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let path = args.dir.join(GATEWAY_TOKEN_FILE);
@@ -155,11 +159,11 @@ fn start_gateway(
             Failure::unavailable(format!("cannot write {}: {err}", path.display()))
         })?;
         env.push(("CHOREO_GATEWAY_TOKENS", format!("local={token}:*")));
-        format!("token in {}", path.display())
+        Some(path)
     };
     let process = AgentProcess::start(&binary, env, &logs.join("choreo-gateway.log"))
         .map_err(|err| Failure::unavailable(err.to_string()))?;
-    Ok((process, said))
+    Ok((process, token_file))
 }
 
 /// Writes a secret to a file only this user can read.

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use choreo_bus::ValidationError;
-use choreo_bus::names::{EventType, validate_label, validate_type};
+use choreo_bus::names::{validate_label, validate_type};
 use sha2::{Digest, Sha256};
 
 /// Shortest token accepted: shorter ones are guessable.
@@ -30,10 +30,10 @@ pub struct Client {
 
 impl Client {
     /// Whether this client may publish events of `event_type`.
-    pub fn may_publish(&self, event_type: &EventType) -> bool {
+    pub fn may_publish(&self, event_type: &str) -> bool {
         self.allowed
             .iter()
-            .any(|pattern| pattern.matches(event_type.as_str()))
+            .any(|pattern| pattern.matches(event_type))
     }
 
     /// The allowed types as written, for messages.
@@ -200,10 +200,6 @@ mod tests {
     const CI: &str = "ci-token-0123456789";
     const OPS: &str = "ops-token-0123456789";
 
-    fn event_type(text: &str) -> EventType {
-        EventType::new(text).expect("valid type")
-    }
-
     #[test]
     fn each_token_names_its_client_and_its_types() {
         let tokens: Tokens = format!("ci={CI}:review.requested,build.*;\n ops = {OPS} : *")
@@ -211,16 +207,13 @@ mod tests {
             .expect("valid");
         let ci = tokens.client(CI).expect("ci");
         assert_eq!(ci.name, "ci");
-        assert!(ci.may_publish(&event_type("review.requested")));
-        assert!(ci.may_publish(&event_type("build.started")));
-        assert!(ci.may_publish(&event_type("build.step.done")));
-        assert!(
-            !ci.may_publish(&event_type("build")),
-            "build.* is under build"
-        );
-        assert!(!ci.may_publish(&event_type("review.approved")));
+        assert!(ci.may_publish("review.requested"));
+        assert!(ci.may_publish("build.started"));
+        assert!(ci.may_publish("build.step.done"));
+        assert!(!ci.may_publish("build"), "build.* is under build");
+        assert!(!ci.may_publish("review.approved"));
         let ops = tokens.client(OPS).expect("ops");
-        assert!(ops.may_publish(&event_type("anything.at.all")));
+        assert!(ops.may_publish("anything.at.all"));
         assert!(
             tokens.client("ci-token-012345678").is_none(),
             "a prefix is not the token"
