@@ -17,6 +17,9 @@ use crate::names::{
     AgentName, EventType, ValidationError, validate_id, validate_label, validate_type,
 };
 
+mod view;
+pub use view::EventView;
+
 /// `content_type` of JSON payloads.
 pub const JSON: &str = "application/json";
 /// `content_type` of protobuf payloads.
@@ -342,6 +345,9 @@ fn chain_visits_after(parent: &Event, agent: &AgentName) -> BTreeMap<String, u32
 pub enum DecodeError {
     #[error("payload is not a choreo.v1.Event: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// Found by [`EventView::decode`], which reads the wire format itself.
+    #[error("payload is not a choreo.v1.Event: {0}")]
+    Malformed(String),
     #[error("decoded event is unusable: {0}")]
     Invalid(#[from] ValidationError),
 }

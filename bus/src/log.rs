@@ -20,7 +20,7 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::envelope::{self, DecodeError};
+use crate::envelope::{self, DecodeError, EventView};
 
 /// Where a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +112,11 @@ impl LogRecord {
     /// The envelope, for records of an events stream.
     pub fn decode(&self) -> Result<Event, DecodeError> {
         envelope::decode(self.payload.clone())
+    }
+
+    /// The envelope's fields read in place, without copying them: for folds over many records.
+    pub fn view(&self) -> Result<EventView<'_>, DecodeError> {
+        EventView::decode(&self.payload)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use choreo_bus::Event;
+use choreo_bus::envelope::EventView;
 use choreo_bus::log::LogRecord;
 use choreo_bus::projection::Projection;
 use choreo_review::events::{
@@ -49,8 +49,8 @@ impl Projection for ReviewJoin {
 
     /// Payloads that do not parse are left out: the agent that wrote them was dead-lettered
     /// or is a different build, and the join can only wait for what it can read.
-    fn apply(&mut self, event: &Event, _record: &LogRecord) {
-        match event.r#type.as_str() {
+    fn apply(&mut self, event: &EventView<'_>, _record: &LogRecord) {
+        match event.event_type {
             PLANNED => {
                 let Some(planned) = parse::<ReviewPlanned>(event) else {
                     return;
@@ -79,7 +79,7 @@ impl Projection for ReviewJoin {
                         .or_default()
                         .entry(reported.round)
                         .or_default()
-                        .insert(event.id.clone(), reported.finding);
+                        .insert(event.id.to_string(), reported.finding);
                 }
             }
             SPECIALIST_COMPLETED => {
@@ -105,8 +105,8 @@ impl Projection for ReviewJoin {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(event: &Event) -> Option<T> {
-    serde_json::from_slice(&event.data).ok()
+fn parse<T: serde::de::DeserializeOwned>(event: &EventView<'_>) -> Option<T> {
+    serde_json::from_slice(event.data).ok()
 }
 
 /// What the join should do now.

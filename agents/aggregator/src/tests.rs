@@ -103,7 +103,7 @@ impl Run {
                 time::OffsetDateTime::now_utc(),
                 event,
             );
-            join.apply(event, &record);
+            join.apply(&record.view().expect("a valid event"), &record);
         }
         join
     }

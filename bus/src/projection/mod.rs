@@ -13,10 +13,10 @@ pub mod run_board;
 mod snapshot;
 
 use async_nats::jetstream;
-use choreo_proto::v1::Event;
 use serde::{Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
+use crate::envelope::EventView;
 use crate::log::{From, LogError, LogQuery, LogReader, LogRecord, Until};
 use crate::names::Namespace;
 
@@ -32,8 +32,9 @@ pub trait Projection: Default + Serialize + DeserializeOwned {
     const NAME: &'static str;
 
     /// Folds one event, stored as `record`, into the state. Must depend on nothing else, so a
-    /// rebuild gives the same state every time.
-    fn apply(&mut self, event: &Event, record: &LogRecord);
+    /// rebuild gives the same state every time. The event's fields are read in place from the
+    /// record; `record.decode()` gives the whole envelope when the maps matter.
+    fn apply(&mut self, event: &EventView<'_>, record: &LogRecord);
 }
 
 /// The last record a projection applied.
@@ -68,7 +69,7 @@ impl<P: Projection> Folded<P> {
         if record.sequence <= self.position.sequence {
             return;
         }
-        match record.decode() {
+        match record.view() {
             Ok(event) => {
                 self.state.apply(&event, record);
                 self.applied += 1;

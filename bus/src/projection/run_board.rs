@@ -17,19 +17,17 @@
 //! For a point in the past the consumers can only be read as they are now, so an event that an
 //! agent handled *after* that point without publishing anything counts as handled.
 
-use std::collections::BTreeMap;
-
+use litemap::LiteMap;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use async_nats::jetstream;
-use choreo_proto::v1::Event;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::Projection;
 use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_OF};
-use crate::envelope;
+use crate::envelope::EventView;
 use crate::log::LogRecord;
 use crate::names::{Namespace, subject_matches};
 
@@ -37,30 +35,31 @@ use crate::names::{Namespace, subject_matches};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunBoard {
     runs: FxHashMap<String, Run>,
-    lookups: Lookups,
-}
-
-/// What the fold remembers about events already seen, for every run at once: one table each
-/// rather than a few per run, so a board of many runs is a few large allocations.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Lookups {
-    /// Event id hash -> index into `type_names`: a child's cause may be any earlier event.
-    seen: FxHashMap<u64, u32>,
+    /// Every event type seen, so a run remembers its events' types as small indexes.
     type_names: Vec<String>,
-    /// (cause, agent) hashes already counted as one handling.
-    handlings: FxHashSet<u64>,
 }
 
-impl Lookups {
-    fn type_index(&mut self, event_type: &str) -> u32 {
-        match self.type_names.iter().position(|t| t == event_type) {
-            Some(index) => index as u32,
-            None => {
-                self.type_names.push(event_type.to_string());
-                (self.type_names.len() - 1) as u32
-            }
+/// Index of `event_type` in `type_names`, adding it the first time.
+fn type_index(type_names: &mut Vec<String>, event_type: &str) -> u32 {
+    match type_names.iter().position(|t| t == event_type) {
+        Some(index) => index as u32,
+        None => {
+            type_names.push(event_type.to_string());
+            (type_names.len() - 1) as u32
         }
     }
+}
+
+/// What the fold remembers about a run's events already seen. Kept with the run, not in
+/// tables for the whole board: a cause and its copies are always in the same run, and events of
+/// a run come close together in the log, so its lookups stay in cache while one shared table of
+/// a million ids would miss it on nearly every event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct RunLookups {
+    /// Event id hash -> index into the board's `type_names`.
+    seen: FxHashMap<u64, u32>,
+    /// (cause, agent) hashes already counted as one handling.
+    handlings: FxHashSet<u64>,
 }
 
 /// One run, as folded from its events.
@@ -79,13 +78,14 @@ pub struct Run {
     /// LLM tokens reported by the events' handlers.
     pub tokens: u64,
     /// Per type: how many, and the stream sequence of the last (what agents must acknowledge).
-    pub types: BTreeMap<String, TypeCount>,
+    pub types: LiteMap<String, TypeCount>,
     /// Per agent: what it emitted, by the input type it was handling.
-    pub agents: BTreeMap<String, AgentWork>,
+    pub agents: LiteMap<String, AgentWork>,
     pub dead_letters: Vec<RunDeadLetter>,
+    lookups: RunLookups,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeCount {
     pub count: u64,
     pub last_sequence: u64,
@@ -95,9 +95,9 @@ pub struct TypeCount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentWork {
     /// Inputs it handled that led to events, by input type.
-    pub handled: BTreeMap<String, u64>,
+    pub handled: LiteMap<String, u64>,
     /// Events it emitted, by type.
-    pub emitted: BTreeMap<String, u64>,
+    pub emitted: LiteMap<String, u64>,
     pub dead_lettered: u64,
 }
 
@@ -168,8 +168,8 @@ impl Serialize for RunView<'_> {
             last_event: OffsetDateTime,
             events: u64,
             tokens: u64,
-            types: &'a BTreeMap<String, TypeCount>,
-            agents: &'a BTreeMap<String, AgentWork>,
+            types: &'a LiteMap<String, TypeCount>,
+            agents: &'a LiteMap<String, AgentWork>,
             dead_letters: &'a [RunDeadLetter],
         }
         let run = self.run;
@@ -191,16 +191,16 @@ impl Serialize for RunView<'_> {
 }
 
 impl Projection for RunBoard {
-    const NAME: &'static str = "run-board-v1";
+    const NAME: &'static str = "run-board-v2";
 
-    fn apply(&mut self, event: &Event, record: &LogRecord) {
+    fn apply(&mut self, event: &EventView<'_>, record: &LogRecord) {
         // Looked up before inserting: a key is allocated once per run, not once per event.
-        match self.runs.get_mut(&event.correlation_id) {
-            Some(run) => run.apply(&mut self.lookups, event, record),
+        match self.runs.get_mut(event.correlation_id) {
+            Some(run) => run.apply(&mut self.type_names, event, record),
             None => {
                 let mut run = Run::new(event, record.time);
-                run.apply(&mut self.lookups, event, record);
-                self.runs.insert(event.correlation_id.clone(), run);
+                run.apply(&mut self.type_names, event, record);
+                self.runs.insert(event.correlation_id.to_string(), run);
             }
         }
     }
@@ -237,26 +237,27 @@ impl RunBoard {
 }
 
 impl Run {
-    fn new(first: &Event, time: OffsetDateTime) -> Self {
+    fn new(first: &EventView<'_>, time: OffsetDateTime) -> Self {
         Run {
-            correlation_id: first.correlation_id.clone(),
-            root_type: first.r#type.clone(),
-            root_source: first.source.clone(),
+            correlation_id: first.correlation_id.to_string(),
+            root_type: first.event_type.to_string(),
+            root_source: first.source.to_string(),
             started: time,
             last_event: time,
             events: 0,
             tokens: 0,
-            types: BTreeMap::new(),
-            agents: BTreeMap::new(),
+            types: LiteMap::new(),
+            agents: LiteMap::new(),
             dead_letters: Vec::new(),
+            lookups: RunLookups::default(),
         }
     }
 
-    fn apply(&mut self, lookups: &mut Lookups, event: &Event, record: &LogRecord) {
+    fn apply(&mut self, type_names: &mut Vec<String>, event: &EventView<'_>, record: &LogRecord) {
         self.last_event = record.time;
-        let counts = match self.types.get_mut(&event.r#type) {
+        let counts = match self.types.get_mut(event.event_type) {
             Some(counts) => counts,
-            None => self.types.entry(event.r#type.clone()).or_default(),
+            None => self.types.entry(event.event_type.to_string()).or_default(),
         };
         counts.last_sequence = record.sequence;
         let id = stable_hash(&[event.id.as_bytes()]);
@@ -270,6 +271,7 @@ impl Run {
                 }
             }
         }
+        let lookups = &mut self.lookups;
         if lookups.seen.contains_key(&id) {
             // A redriven copy, or a republish after the duplicate window: not a new event.
             return;
@@ -277,7 +279,7 @@ impl Run {
         counts.count += 1;
         self.events += 1;
         self.tokens += event.tokens_used;
-        let type_index = lookups.type_index(&event.r#type);
+        let type_index = type_index(type_names, event.event_type);
         lookups.seen.insert(id, type_index);
 
         if event.causation_id.is_empty() {
@@ -286,13 +288,13 @@ impl Run {
         let cause_type = lookups
             .seen
             .get(&stable_hash(&[event.causation_id.as_bytes()]))
-            .and_then(|index| lookups.type_names.get(*index as usize));
-        let work = match self.agents.get_mut(&event.source) {
+            .and_then(|index| type_names.get(*index as usize));
+        let work = match self.agents.get_mut(event.source) {
             Some(work) => work,
-            None => self.agents.entry(event.source.clone()).or_default(),
+            None => self.agents.entry(event.source.to_string()).or_default(),
         };
-        if event.r#type == DEAD_LETTERED {
-            if let Ok(notice) = envelope::json_data::<DeadLetterNotice>(event) {
+        if event.event_type == DEAD_LETTERED {
+            if let Ok(notice) = serde_json::from_slice::<DeadLetterNotice>(event.data) {
                 work.dead_lettered += 1;
                 self.dead_letters.push(RunDeadLetter {
                     notice,
@@ -302,7 +304,7 @@ impl Run {
             }
             return;
         }
-        increment(&mut work.emitted, &event.r#type);
+        increment(&mut work.emitted, event.event_type);
         let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
         if let Some(cause_type) = cause_type
             && lookups.handlings.insert(handling)
@@ -344,7 +346,7 @@ impl Run {
 }
 
 /// Adds one to `key`'s count, allocating the key only the first time.
-fn increment(counts: &mut BTreeMap<String, u64>, key: &str) {
+fn increment(counts: &mut LiteMap<String, u64>, key: &str) {
     match counts.get_mut(key) {
         Some(count) => *count += 1,
         None => {
@@ -422,6 +424,7 @@ mod tests {
     use crate::envelope::{Emit, RootEvent, stamp_child};
     use crate::names::{AgentName, EventType};
     use crate::projection::Folded;
+    use choreo_proto::v1::Event;
 
     fn record(sequence: u64, event: &Event) -> LogRecord {
         let time = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(sequence as i64);
@@ -495,16 +498,16 @@ mod tests {
         assert_eq!(run.tokens, 42);
         assert_eq!(run.root_type, "count.requested");
         assert_eq!(
-            run.types["count.done"],
-            TypeCount {
+            run.types.get("count.done").copied(),
+            Some(TypeCount {
                 count: 2,
                 last_sequence: 3
-            }
+            })
         );
-        let counter = &run.agents["counter"];
+        let counter = run.agents.get("counter").expect("counter");
         // Two events from one input are one handling.
-        assert_eq!(counter.handled["count.requested"], 1);
-        assert_eq!(counter.emitted["count.done"], 2);
+        assert_eq!(counter.handled.get("count.requested"), Some(&1));
+        assert_eq!(counter.emitted.get("count.done"), Some(&2));
         assert_eq!(board.position.sequence, 3);
     }
 
@@ -549,7 +552,7 @@ mod tests {
             run.status(&ns, &agents),
             RunStatus::Failed { dead_letters: 1 }
         );
-        assert_eq!(run.agents["counter"].dead_lettered, 1);
+        assert_eq!(run.agents.get("counter").map(|w| w.dead_lettered), Some(1));
         assert_eq!(run.dead_letters[0].notice.reason, "handler_failed");
 
         // The redriven copy: same event, new sequence, marked as the redrive of letter 7.
@@ -593,6 +596,11 @@ mod tests {
         assert_eq!(resumed.position, full.position);
         let run = resumed.state.run("run-1").expect("run");
         assert_eq!(run.events, 3);
-        assert_eq!(run.agents["reporter"].handled["count.done"], 1);
+        assert_eq!(
+            run.agents
+                .get("reporter")
+                .and_then(|w| w.handled.get("count.done")),
+            Some(&1)
+        );
     }
 }

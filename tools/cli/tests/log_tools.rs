@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use choreo_bus::dead_letter::DEAD_LETTERED;
+use choreo_bus::projection::{Projection as _, run_board::RunBoard};
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, Namespace, RuntimeConfig, handler_fn};
 use choreo_testkit::{Bus, Running, event_type, quick_config, wait_until};
 use serde_json::{Value, json};
@@ -420,7 +421,9 @@ async fn state_at_a_past_time_differs_from_now() -> anyhow::Result<()> {
         .get_key_value("CHOREO_SNAPSHOTS")
         .await?;
     assert!(
-        kv.get("events.run-board-v1").await?.is_some(),
+        kv.get(format!("events.{}", RunBoard::NAME))
+            .await?
+            .is_some(),
         "state saved a snapshot"
     );
     let from_snapshot: Value =
