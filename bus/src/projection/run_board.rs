@@ -34,8 +34,7 @@ use crate::names::{Namespace, subject_matches};
 /// Every run seen in the log, by correlation id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunBoard {
-    /// Boxed: the table then holds pointers, so each time it grows it allocates and moves a
-    /// tenth of the bytes it would with runs inline (growing is most of a rebuild's new memory).
+    /// Boxed: the table holds pointers, so each time it grows it moves those, not whole runs.
     runs: FxHashMap<String, Box<Run>>,
     /// Every event type seen, so a run remembers its events' types as small indexes.
     type_names: Vec<String>,
