@@ -356,10 +356,16 @@ pub enum DecodeError {
 pub fn decode(bytes: impl bytes::Buf) -> Result<Event, DecodeError> {
     // From `Bytes`, the payload is a slice of the message, not a copy.
     let event = Event::decode(bytes)?;
-    validate_id("id", &event.id)?;
-    validate_id("correlation_id", &event.correlation_id)?;
-    validate_type(&event.r#type)?;
+    check_decoded(&event.id, &event.correlation_id, &event.r#type)?;
     Ok(event)
+}
+
+/// What every decoded envelope must have, however it was read: the fields its subject and
+/// deduplication are made of.
+fn check_decoded(id: &str, correlation_id: &str, event_type: &str) -> Result<(), ValidationError> {
+    validate_id("id", id)?;
+    validate_id("correlation_id", correlation_id)?;
+    validate_type(event_type)
 }
 
 /// The event's `time`, when it has one that is a valid date.

@@ -14,7 +14,6 @@ use prost::Message;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 
 use super::DecodeError;
-use crate::names::{validate_id, validate_type};
 
 /// An envelope's fields, borrowed from its encoded bytes. Field names and meanings are those of
 /// `choreo.v1.Event`.
@@ -59,15 +58,13 @@ impl<'a> EventView<'a> {
                 (9, WireType::LengthDelimited) => view.data = delimited(&mut buf)?,
                 (11, WireType::LengthDelimited) => view.traceparent = text(&mut buf)?,
                 (12, WireType::Varint) => view.tokens_used = decode_varint(&mut buf)?,
-                // The maps, fields of a newer envelope, and a known field in the wrong wire
-                // type (which prost would refuse below, in `skip_field`'s stead) are skipped.
+                // A field read above in another wire type is refused, as prost refuses it.
                 (1..=9 | 11 | 12, _) => return Err(wrong_wire_type(tag, wire_type)),
+                // The two maps, and fields of a newer envelope, are skipped unread.
                 _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
             }
         }
-        validate_id("id", view.id)?;
-        validate_id("correlation_id", view.correlation_id)?;
-        validate_type(view.event_type)?;
+        super::check_decoded(view.id, view.correlation_id, view.event_type)?;
         Ok(view)
     }
 }
