@@ -17,6 +17,9 @@
 //! For a point in the past the consumers can only be read as they are now, so an event that an
 //! agent handled *after* that point without publishing anything counts as handled.
 
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
 use litemap::LiteMap;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -31,45 +34,85 @@ use crate::envelope::EventView;
 use crate::log::LogRecord;
 use crate::names::{Namespace, subject_matches};
 
+/// A name (event type, agent, source, correlation id) held once and shared by every map that
+/// mentions it: a run's maps then cost a pointer per name, not an allocation.
+pub type Name = Arc<str>;
+
 /// Every run seen in the log, by correlation id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunBoard {
-    /// Boxed: the table holds pointers, so each time it grows it moves those, not whole runs.
-    runs: FxHashMap<String, Box<Run>>,
-    /// Every event type seen, so a run remembers its events' types as small indexes.
-    type_names: Vec<String>,
+    /// Keyed by the run's own `correlation_id`. Boxed: the table holds pointers, so each time
+    /// it grows it moves those, not whole runs.
+    runs: FxHashMap<Name, Box<Run>>,
+    names: SharedNames,
 }
 
-/// Index of `event_type` in `type_names`, adding it the first time.
-fn type_index(type_names: &mut Vec<String>, event_type: &str) -> u32 {
-    match type_names.iter().position(|t| t == event_type) {
-        Some(index) => index as u32,
-        None => {
-            type_names.push(event_type.to_string());
-            (type_names.len() - 1) as u32
+/// The names the board's runs share.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SharedNames {
+    /// Every event type seen, in order: a run remembers its events' types as indexes into it.
+    types: Vec<Name>,
+    /// Every type and agent name held. Only a cache for sharing: a board read from a
+    /// snapshot starts it empty, and its runs keep names equal to, not shared with, new ones.
+    #[serde(skip)]
+    held: FxHashSet<Name>,
+}
+
+impl SharedNames {
+    /// `name`, shared with every other holder.
+    fn hold(&mut self, name: &str) -> Name {
+        if let Some(held) = self.held.get(name) {
+            return held.clone();
+        }
+        let held: Name = name.into();
+        self.held.insert(held.clone());
+        held
+    }
+
+    /// Index of `event_type` in `types`, adding it the first time. A scan: a log holds a few
+    /// dozen types, and this runs once per event.
+    fn type_index(&mut self, event_type: &str) -> u32 {
+        match self.types.iter().position(|t| &**t == event_type) {
+            Some(index) => index as u32,
+            None => {
+                let name = self.hold(event_type);
+                self.types.push(name);
+                (self.types.len() - 1) as u32
+            }
         }
     }
 }
 
-/// What the fold remembers about a run's events already seen. Kept with the run, not in
-/// tables for the whole board: a cause and its copies are always in the same run, and events of
-/// a run come close together in the log, so its lookups stay in cache while one shared table of
-/// a million ids would miss it on nearly every event.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct RunLookups {
-    /// Event id hash -> index into the board's `type_names`.
-    seen: FxHashMap<u64, u32>,
-    /// (cause, agent) hashes already counted as one handling.
-    handlings: FxHashSet<u64>,
+impl PartialEq for SharedNames {
+    /// The types, whose indexes runs keep; not the cache of held names.
+    fn eq(&self, other: &Self) -> bool {
+        self.types == other.types
+    }
+}
+
+/// What the fold has already counted in a run, under a stable hash of what it is.
+///
+/// Kept with the run, not in a table for the whole board: a cause and its copies are always in
+/// the same run, and events of a run come close together in the log, so the run's table stays
+/// in cache while one shared table of a million ids would miss it on nearly every event. One
+/// table for both kinds of key, so a run of ten events allocates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Counted {
+    /// An event (key: its id), with the index of its type in the board's `types`, so an
+    /// event it caused can name its cause's type.
+    Event { type_index: u32 },
+    /// An agent's handling of an input (key: the input's id and the agent's name), which
+    /// counts once however many events it emitted.
+    Handling,
 }
 
 /// One run, as folded from its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
-    pub correlation_id: String,
+    pub correlation_id: Name,
     /// The type and source of the first event seen in the run.
-    pub root_type: String,
-    pub root_source: String,
+    pub root_type: Name,
+    pub root_source: Name,
     #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -79,11 +122,11 @@ pub struct Run {
     /// LLM tokens reported by the events' handlers.
     pub tokens: u64,
     /// Per type: how many, and the stream sequence of the last (what agents must acknowledge).
-    pub types: LiteMap<String, TypeCount>,
+    pub types: LiteMap<Name, TypeCount>,
     /// Per agent: what it emitted, by the input type it was handling.
-    pub agents: LiteMap<String, AgentWork>,
+    pub agents: LiteMap<Name, AgentWork>,
     pub dead_letters: Vec<RunDeadLetter>,
-    lookups: RunLookups,
+    counted: FxHashMap<u64, Counted>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,9 +139,9 @@ pub struct TypeCount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentWork {
     /// Inputs it handled that led to events, by input type.
-    pub handled: LiteMap<String, u64>,
+    pub handled: LiteMap<Name, u64>,
     /// Events it emitted, by type.
-    pub emitted: LiteMap<String, u64>,
+    pub emitted: LiteMap<Name, u64>,
     pub dead_lettered: u64,
 }
 
@@ -169,8 +212,8 @@ impl Serialize for RunView<'_> {
             last_event: OffsetDateTime,
             events: u64,
             tokens: u64,
-            types: &'a LiteMap<String, TypeCount>,
-            agents: &'a LiteMap<String, AgentWork>,
+            types: &'a LiteMap<Name, TypeCount>,
+            agents: &'a LiteMap<Name, AgentWork>,
             dead_letters: &'a [RunDeadLetter],
         }
         let run = self.run;
@@ -192,16 +235,16 @@ impl Serialize for RunView<'_> {
 }
 
 impl Projection for RunBoard {
-    const NAME: &'static str = "run-board-v2";
+    const NAME: &'static str = "run-board-v3";
 
     fn apply(&mut self, event: &EventView<'_>, record: &LogRecord) {
         // Looked up before inserting: a key is allocated once per run, not once per event.
         match self.runs.get_mut(event.correlation_id) {
-            Some(run) => run.apply(&mut self.type_names, event, record),
+            Some(run) => run.apply(&mut self.names, event, record),
             None => {
-                let mut run = Box::new(Run::new(event, record.time));
-                run.apply(&mut self.type_names, event, record);
-                self.runs.insert(event.correlation_id.to_string(), run);
+                let mut run = Box::new(Run::new(&mut self.names, event, record.time));
+                run.apply(&mut self.names, event, record);
+                self.runs.insert(run.correlation_id.clone(), run);
             }
         }
     }
@@ -238,11 +281,12 @@ impl RunBoard {
 }
 
 impl Run {
-    fn new(first: &EventView<'_>, time: OffsetDateTime) -> Self {
+    fn new(names: &mut SharedNames, first: &EventView<'_>, time: OffsetDateTime) -> Self {
         Run {
-            correlation_id: first.correlation_id.to_string(),
-            root_type: first.event_type.to_string(),
-            root_source: first.source.to_string(),
+            // Not a shared name: a run's id is in no other run.
+            correlation_id: first.correlation_id.into(),
+            root_type: names.hold(first.event_type),
+            root_source: names.hold(first.source),
             started: time,
             last_event: time,
             events: 0,
@@ -250,15 +294,15 @@ impl Run {
             types: LiteMap::new(),
             agents: LiteMap::new(),
             dead_letters: Vec::new(),
-            lookups: RunLookups::default(),
+            counted: FxHashMap::default(),
         }
     }
 
-    fn apply(&mut self, type_names: &mut Vec<String>, event: &EventView<'_>, record: &LogRecord) {
+    fn apply(&mut self, names: &mut SharedNames, event: &EventView<'_>, record: &LogRecord) {
         self.last_event = record.time;
         let counts = match self.types.get_mut(event.event_type) {
             Some(counts) => counts,
-            None => self.types.entry(event.event_type.to_string()).or_default(),
+            None => self.types.entry(names.hold(event.event_type)).or_default(),
         };
         counts.last_sequence = record.sequence;
         let id = stable_hash(&[event.id.as_bytes()]);
@@ -272,27 +316,29 @@ impl Run {
                 }
             }
         }
-        let lookups = &mut self.lookups;
-        if lookups.seen.contains_key(&id) {
+        if self.counted.contains_key(&id) {
             // A redriven copy, or a republish after the duplicate window: not a new event.
             return;
         }
         counts.count += 1;
         self.events += 1;
         self.tokens += event.tokens_used;
-        let type_index = type_index(type_names, event.event_type);
-        lookups.seen.insert(id, type_index);
+        let type_index = names.type_index(event.event_type);
+        self.counted.insert(id, Counted::Event { type_index });
 
         if event.causation_id.is_empty() {
             return;
         }
-        let cause_type = lookups
-            .seen
+        let cause_type = match self
+            .counted
             .get(&stable_hash(&[event.causation_id.as_bytes()]))
-            .and_then(|index| type_names.get(*index as usize));
+        {
+            Some(Counted::Event { type_index }) => names.types.get(*type_index as usize).cloned(),
+            _ => None,
+        };
         let work = match self.agents.get_mut(event.source) {
             Some(work) => work,
-            None => self.agents.entry(event.source.to_string()).or_default(),
+            None => self.agents.entry(names.hold(event.source)).or_default(),
         };
         if event.event_type == DEAD_LETTERED {
             if let Ok(notice) = serde_json::from_slice::<DeadLetterNotice>(event.data) {
@@ -305,12 +351,13 @@ impl Run {
             }
             return;
         }
-        increment(&mut work.emitted, event.event_type);
+        increment(&mut work.emitted, event.event_type, names);
         let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
         if let Some(cause_type) = cause_type
-            && lookups.handlings.insert(handling)
+            && let Entry::Vacant(first) = self.counted.entry(handling)
         {
-            increment(&mut work.handled, cause_type);
+            first.insert(Counted::Handling);
+            increment(&mut work.handled, &cause_type, names);
         }
     }
 
@@ -346,12 +393,12 @@ impl Run {
     }
 }
 
-/// Adds one to `key`'s count, allocating the key only the first time.
-fn increment(counts: &mut LiteMap<String, u64>, key: &str) {
+/// Adds one to `key`'s count.
+fn increment(counts: &mut LiteMap<Name, u64>, key: &str, names: &mut SharedNames) {
     match counts.get_mut(key) {
         Some(count) => *count += 1,
         None => {
-            counts.insert(key.to_string(), 1);
+            counts.insert(names.hold(key), 1);
         }
     }
 }
@@ -497,7 +544,7 @@ mod tests {
         let run = board.state.run("run-1").expect("run");
         assert_eq!(run.events, 3);
         assert_eq!(run.tokens, 42);
-        assert_eq!(run.root_type, "count.requested");
+        assert_eq!(&*run.root_type, "count.requested");
         assert_eq!(
             run.types.get("count.done").copied(),
             Some(TypeCount {

@@ -70,7 +70,7 @@ pub async fn run(args: StateArgs) -> Result<(), Failure> {
         .filter(|view| {
             args.correlation
                 .as_ref()
-                .is_none_or(|c| *c == view.run.correlation_id)
+                .is_none_or(|c| c.as_str() == &*view.run.correlation_id)
         })
         .collect();
     if let Some(correlation) = &args.correlation
