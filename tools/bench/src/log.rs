@@ -17,12 +17,14 @@ use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use choreo_bus::envelope::stamp_child;
 use choreo_bus::projection::run_board::RunBoard;
-use choreo_bus::projection::{AsOf, Projector};
+use choreo_bus::log::LogRecord;
+use choreo_bus::projection::{AsOf, Folded, Projector};
 use choreo_bus::trace::RunTrace;
-use choreo_bus::{AgentName, Emit, EventType, Namespace, RootEvent, envelope::JSON};
+use choreo_bus::{AgentName, Emit, Event, EventType, Namespace, RootEvent, envelope::JSON};
 use futures::StreamExt;
 use prost::Message;
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use crate::publish::pipelined;
 use crate::{Report, Settings, fresh_streams, median};
@@ -30,40 +32,39 @@ use crate::{Report, Settings, fresh_streams, median};
 /// Events per run in the filled log.
 pub const RUN_LENGTH: usize = 10;
 
-/// Fills a fresh events stream with `settings.log_events` events; returns the run ids.
+/// The log's events, run by run: `events` in all, in runs of [`RUN_LENGTH`] (the last may be
+/// shorter), each a root and a chain of children stamped as the runtime stamps them.
+fn log_runs(events: usize) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Vec<Event>>>> {
+    let agent = AgentName::new("bench-agent")?;
+    let started = EventType::new("bench.started")?;
+    let step = EventType::new("bench.step")?;
+    let data = Bytes::from(serde_json::to_vec(&crate::payload(64))?);
+    Ok((0..events.div_ceil(RUN_LENGTH)).map(move |run| {
+        let root = RootEvent::new(Emit::new(started.clone(), JSON, data.clone()), "bench")
+            .with_correlation_id(format!("run-{run}"))
+            .into_event()?;
+        let length = RUN_LENGTH.min(events - run * RUN_LENGTH);
+        let mut messages = Vec::with_capacity(length);
+        messages.push(root);
+        while messages.len() < length {
+            let parent = &messages[messages.len() - 1];
+            let child = stamp_child(parent, &agent, 0, Emit::new(step.clone(), JSON, data.clone()));
+            messages.push(child);
+        }
+        Ok(messages)
+    }))
+}
+
+/// Fills a fresh events stream with `settings.log_events` events; returns how many runs.
 pub async fn fill(client: &async_nats::Client, settings: &Settings) -> anyhow::Result<usize> {
     fresh_streams(client).await?;
     let jetstream = jetstream::new(client.clone());
     let namespace = Namespace::default();
-    let agent = AgentName::new("bench-agent")?;
-    let step = EventType::new("bench.step")?;
-    let data = Bytes::from(serde_json::to_vec(&crate::payload(64))?);
-    let runs = settings.log_events.div_ceil(RUN_LENGTH);
-    let mut messages = Vec::with_capacity(RUN_LENGTH);
-    let mut filled = 0;
-    for run in 0..runs {
-        messages.clear();
-        let root = RootEvent::new(
-            Emit::new(EventType::new("bench.started")?, JSON, data.clone()),
-            "bench",
-        )
-        .with_correlation_id(format!("run-{run}"))
-        .into_event()?;
-        let mut parent = root.clone();
-        messages.push(root);
-        while messages.len() < RUN_LENGTH {
-            let child = stamp_child(
-                &parent,
-                &agent,
-                0,
-                Emit::new(step.clone(), JSON, data.clone()),
-            );
-            messages.push(child.clone());
-            parent = child;
-        }
-        let batch: Vec<(String, Bytes)> = messages
+    let mut runs = 0;
+    for messages in log_runs(settings.log_events)? {
+        runs += 1;
+        let batch: Vec<(String, Bytes)> = messages?
             .iter()
-            .take(settings.log_events - filled)
             .map(|e| {
                 (
                     namespace.event_subject(&e.correlation_id, &e.r#type),
@@ -71,7 +72,6 @@ pub async fn fill(client: &async_nats::Client, settings: &Settings) -> anyhow::R
                 )
             })
             .collect();
-        filled += batch.len();
         pipelined(batch.len(), |i| {
             let (subject, payload) = batch[i].clone();
             let jetstream = jetstream.clone();
@@ -109,6 +109,56 @@ async fn raw_read(jetstream: &jetstream::Context, filter: &str) -> anyhow::Resul
         read += 1;
     }
     Ok(read)
+}
+
+/// The `fold` scenario's figures: the run board folded from records held in memory, without
+/// the read, so a change to the fold can be measured apart from the network and the server.
+#[derive(Debug, Serialize)]
+pub struct FoldReport {
+    pub scenario: &'static str,
+    /// Median over the rounds.
+    pub events_per_s: f64,
+    pub ns_per_event: f64,
+    pub log_events: usize,
+    pub rounds: usize,
+    pub rounds_events_per_s: Vec<f64>,
+}
+
+pub fn fold(settings: &Settings) -> anyhow::Result<FoldReport> {
+    let namespace = Namespace::default();
+    let start = OffsetDateTime::now_utc();
+    let mut records = Vec::with_capacity(settings.log_events);
+    for messages in log_runs(settings.log_events)? {
+        for event in messages? {
+            let sequence = records.len() as u64 + 1;
+            let time = start + time::Duration::milliseconds(sequence as i64);
+            records.push(LogRecord::of_event(&namespace, sequence, time, &event));
+        }
+    }
+    let mut rounds = Vec::with_capacity(settings.rounds);
+    for _ in 0..settings.rounds {
+        let start = Instant::now();
+        let mut board = Folded::<RunBoard>::default();
+        for record in &records {
+            board.apply(record);
+        }
+        rounds.push(records.len() as f64 / start.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            board.applied == records.len() as u64,
+            "the board folded {} of {} records",
+            board.applied,
+            records.len()
+        );
+    }
+    let events_per_s = median(&rounds);
+    Ok(FoldReport {
+        scenario: "fold",
+        events_per_s,
+        ns_per_event: 1e9 / events_per_s,
+        log_events: settings.log_events,
+        rounds: settings.rounds,
+        rounds_events_per_s: rounds,
+    })
 }
 
 pub async fn replay(client: &async_nats::Client, settings: &Settings) -> anyhow::Result<Report> {

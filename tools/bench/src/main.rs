@@ -36,8 +36,8 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run: publish, handle, guards, flood, storm, replay, trace, review. All of
-    /// them when none is named.
+    /// Scenarios to run: publish, handle, guards, flood, storm, replay, fold, trace, review. All
+    /// of them when none is named.
     scenarios: Vec<String>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
@@ -69,8 +69,8 @@ struct Args {
     reviews: usize,
 }
 
-const SCENARIOS: [&str; 8] = [
-    "publish", "handle", "guards", "flood", "storm", "replay", "trace", "review",
+const SCENARIOS: [&str; 9] = [
+    "publish", "handle", "guards", "flood", "storm", "replay", "fold", "trace", "review",
 ];
 
 /// Settings every scenario shares.
@@ -251,6 +251,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 (serde_json::to_string(&storm)?, table)
             }
             "replay" => compared(log::replay(&client, &settings).await?)?,
+            "fold" => {
+                let fold = log::fold(&settings)?;
+                let table = format!(
+                    "{:<10} the run board folded from {} events in memory: {:.0} events/s, {:.0} ns per event",
+                    fold.scenario, fold.log_events, fold.events_per_s, fold.ns_per_event
+                );
+                (serde_json::to_string(&fold)?, table)
+            }
             "trace" => {
                 let trace = log::trace(&client, &settings).await?;
                 let table = format!(
