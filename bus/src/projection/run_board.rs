@@ -90,6 +90,11 @@ impl PartialEq for SharedNames {
     }
 }
 
+/// Room a run's counted table starts with (it holds an entry per event and per handling). A
+/// run of a few events fits; a table grown from empty would be allocated four times on its way
+/// there.
+const COUNTED_AT_FIRST: usize = 14;
+
 /// What the fold has already counted in a run, under a stable hash of what it is.
 ///
 /// Kept with the run, not in a table for the whole board: a cause and its copies are always in
@@ -294,7 +299,10 @@ impl Run {
             types: LiteMap::new(),
             agents: LiteMap::new(),
             dead_letters: Vec::new(),
-            counted: FxHashMap::default(),
+            counted: FxHashMap::with_capacity_and_hasher(
+                COUNTED_AT_FIRST,
+                Default::default(),
+            ),
         }
     }
 
