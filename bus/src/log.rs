@@ -18,7 +18,6 @@ use bytes::Bytes;
 use choreo_proto::v1::Event;
 use futures::StreamExt;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
 use crate::envelope::{self, DecodeError, EventView};
 
@@ -249,39 +248,6 @@ impl LogReader {
     /// the read began. `None` for a live read.
     pub fn expected(&self) -> Option<u64> {
         self.expected
-    }
-
-    /// Reads on in a task of its own, handing records over in batches of `batch` (the last may
-    /// be shorter), so whoever consumes them (a projection's fold) runs beside the read instead
-    /// of after it. For reads with an end; a live read would hold a short batch back.
-    pub fn in_batches(mut self, batch: usize) -> mpsc::Receiver<Result<Vec<LogRecord>, LogError>> {
-        let (sender, receiver) = mpsc::channel(8);
-        tokio::spawn(async move {
-            let mut records = Vec::with_capacity(batch);
-            loop {
-                match self.next().await {
-                    Ok(Some(record)) => {
-                        records.push(record);
-                        if records.len() < batch {
-                            continue;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        let _ = sender.send(Err(err)).await;
-                        return;
-                    }
-                }
-                let full = std::mem::replace(&mut records, Vec::with_capacity(batch));
-                if sender.send(Ok(full)).await.is_err() {
-                    return;
-                }
-            }
-            if !records.is_empty() {
-                let _ = sender.send(Ok(records)).await;
-            }
-        });
-        receiver
     }
 
     /// The next record, or `None` at the end of the read.
