@@ -69,17 +69,18 @@ impl SharedNames {
         held
     }
 
-    /// Index of `event_type` in `types`, adding it the first time. A scan: a log holds a few
-    /// dozen types, and this runs once per event.
-    fn type_index(&mut self, event_type: &str) -> u32 {
-        match self.types.iter().position(|t| &**t == event_type) {
-            Some(index) => index as u32,
+    /// Index of `event_type` in `types`, adding it the first time, and the held name. A scan:
+    /// a log holds a few dozen types, and this runs once per event.
+    fn type_index(&mut self, event_type: &str) -> (u32, &Name) {
+        let index = match self.types.iter().position(|t| &**t == event_type) {
+            Some(index) => index,
             None => {
                 let name = self.hold(event_type);
                 self.types.push(name);
-                (self.types.len() - 1) as u32
+                self.types.len() - 1
             }
-        }
+        };
+        (index as u32, &self.types[index])
     }
 }
 
@@ -308,9 +309,10 @@ impl Run {
 
     fn apply(&mut self, names: &mut SharedNames, event: &EventView<'_>, record: &LogRecord) {
         self.last_event = record.time;
+        let (type_index, type_name) = names.type_index(event.event_type);
         let counts = match self.types.get_mut(event.event_type) {
             Some(counts) => counts,
-            None => self.types.entry(names.hold(event.event_type)).or_default(),
+            None => self.types.entry(type_name.clone()).or_default(),
         };
         counts.last_sequence = record.sequence;
         let id = stable_hash(&[event.id.as_bytes()]);
@@ -331,17 +333,16 @@ impl Run {
         counts.count += 1;
         self.events += 1;
         self.tokens += event.tokens_used;
-        let type_index = names.type_index(event.event_type);
         self.counted.insert(id, Counted::Event { type_index });
 
         if event.causation_id.is_empty() {
             return;
         }
-        let cause_type = match self
+        let cause_type_index = match self
             .counted
             .get(&stable_hash(&[event.causation_id.as_bytes()]))
         {
-            Some(Counted::Event { type_index }) => names.types.get(*type_index as usize).cloned(),
+            Some(Counted::Event { type_index }) => Some(*type_index),
             _ => None,
         };
         let work = match self.agents.get_mut(event.source) {
@@ -359,13 +360,13 @@ impl Run {
             }
             return;
         }
-        increment(&mut work.emitted, event.event_type, names);
+        increment(&mut work.emitted, names, type_index);
         let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
-        if let Some(cause_type) = cause_type
+        if let Some(cause_type_index) = cause_type_index
             && let Entry::Vacant(first) = self.counted.entry(handling)
         {
             first.insert(Counted::Handling);
-            increment(&mut work.handled, &cause_type, names);
+            increment(&mut work.handled, names, cause_type_index);
         }
     }
 
@@ -401,12 +402,15 @@ impl Run {
     }
 }
 
-/// Adds one to `key`'s count.
-fn increment(counts: &mut LiteMap<Name, u64>, key: &str, names: &mut SharedNames) {
-    match counts.get_mut(key) {
+/// Adds one to the count of the type at `type_index`.
+fn increment(counts: &mut LiteMap<Name, u64>, names: &SharedNames, type_index: u32) {
+    let Some(name) = names.types.get(type_index as usize) else {
+        return;
+    };
+    match counts.get_mut(&**name) {
         Some(count) => *count += 1,
         None => {
-            counts.insert(names.hold(key), 1);
+            counts.insert(name.clone(), 1);
         }
     }
 }
