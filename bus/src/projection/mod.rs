@@ -14,8 +14,8 @@ mod snapshot;
 
 use async_nats::jetstream;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::mpsc;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 use crate::envelope::EventView;
 use crate::log::{From, LogError, LogQuery, LogReader, LogRecord, Until};

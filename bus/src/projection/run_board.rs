@@ -300,10 +300,7 @@ impl Run {
             types: LiteMap::new(),
             agents: LiteMap::new(),
             dead_letters: Vec::new(),
-            counted: FxHashMap::with_capacity_and_hasher(
-                COUNTED_AT_FIRST,
-                Default::default(),
-            ),
+            counted: FxHashMap::with_capacity_and_hasher(COUNTED_AT_FIRST, Default::default()),
         }
     }
 

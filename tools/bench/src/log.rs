@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use choreo_bus::envelope::stamp_child;
-use choreo_bus::projection::run_board::RunBoard;
 use choreo_bus::log::LogRecord;
+use choreo_bus::projection::run_board::RunBoard;
 use choreo_bus::projection::{AsOf, Folded, Projector};
 use choreo_bus::trace::RunTrace;
 use choreo_bus::{AgentName, Emit, Event, EventType, Namespace, RootEvent, envelope::JSON};
@@ -48,7 +48,12 @@ fn log_runs(events: usize) -> anyhow::Result<impl Iterator<Item = anyhow::Result
         messages.push(root);
         while messages.len() < length {
             let parent = &messages[messages.len() - 1];
-            let child = stamp_child(parent, &agent, 0, Emit::new(step.clone(), JSON, data.clone()));
+            let child = stamp_child(
+                parent,
+                &agent,
+                0,
+                Emit::new(step.clone(), JSON, data.clone()),
+            );
             messages.push(child);
         }
         Ok(messages)

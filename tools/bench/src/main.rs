@@ -2,7 +2,7 @@
 //! run, alternating rounds, and prints each scenario's medians and their ratio.
 //!
 //! ```text
-//! choreo-bench publish handle guards flood storm replay trace review --json
+//! choreo-bench publish handle guards flood storm replay fold trace review --json
 //! ```
 //!
 //! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
@@ -10,9 +10,9 @@
 //! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
 //! higher stays better). `flood` and `storm` measure storm control and print their own figures
 //! (see their modules). `replay` and `trace` read a log of `--log-events` events back (see
-//! `log.rs`); `trace` reports `latency_ms`, `messages_read` and `run_events`. `review` runs
-//! the review team as processes and reports `p50_ms`, `p99_ms` and `max_agent_rss_mb` (see
-//! `review.rs`).
+//! `log.rs`), and `fold` folds the same events held in memory; `trace` reports `latency_ms`,
+//! `messages_read` and `run_events`. `review` runs the review team as processes and reports
+//! `p50_ms`, `p99_ms` and `max_agent_rss_mb` (see `review.rs`).
 
 // Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
 // allocator measured 27% slower on `publish` (see docs/architecture.md).
