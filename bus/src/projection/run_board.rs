@@ -18,6 +18,7 @@
 //! agent handled *after* that point without publishing anything counts as handled.
 
 use std::collections::hash_map::Entry;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use litemap::LiteMap;
@@ -91,25 +92,43 @@ impl PartialEq for SharedNames {
     }
 }
 
-/// Room a run's counted table starts with (it holds an entry per event and per handling). A
-/// run of a few events fits; a table grown from empty would be allocated four times on its way
-/// there.
+/// Room a run's counted table starts with (an entry per event, and one per handling beyond an
+/// input's first). A run of a dozen events fits; a table grown from empty would be allocated
+/// three times on its way there.
 const COUNTED_AT_FIRST: usize = 14;
 
 /// What the fold has already counted in a run, under a stable hash of what it is.
 ///
 /// Kept with the run, not in a table for the whole board: a cause and its copies are always in
 /// the same run, and events of a run come close together in the log, so the run's table stays
-/// in cache while one shared table of a million ids would miss it on nearly every event. One
-/// table for both kinds of key, so a run of ten events allocates one.
+/// in cache while one shared table of a million ids would miss it on nearly every event.
+///
+/// A handling (an agent emitting events from an input) counts once however many events it
+/// emitted. The first agent to handle an input is kept in the input's own entry, so the common
+/// case (one agent per input, as in a chain) needs no entry of its own; that halves a chain's
+/// table. Only a further agent handling the same input (a fan-out) adds a `Handling` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Counted {
-    /// An event (key: its id), with the index of its type in the board's `types`, so an
-    /// event it caused can name its cause's type.
-    Event { type_index: u32 },
-    /// An agent's handling of an input (key: the input's id and the agent's name), which
-    /// counts once however many events it emitted.
+    /// An event (key: its id): the index of its type in the board's `types`, so an event it
+    /// caused can name its cause's type; and the first agent that handled it, by the stable
+    /// hash of its name.
+    Event {
+        type_index: u32,
+        first_handler: Option<NonZeroU64>,
+    },
+    /// A handling of an input by an agent other than its first (key: the input's id and the
+    /// agent's name).
     Handling,
+}
+
+/// How an event's handling relates to what the run has counted.
+enum Handling {
+    /// The cause is not in the run (yet): nothing to count.
+    UnknownCause,
+    /// Already counted.
+    Counted,
+    /// Not counted yet: the handling of an input of this type (index into `types`).
+    New { cause_type_index: u32 },
 }
 
 /// One run, as folded from its events.
@@ -330,18 +349,17 @@ impl Run {
         counts.count += 1;
         self.events += 1;
         self.tokens += event.tokens_used;
-        self.counted.insert(id, Counted::Event { type_index });
+        self.counted.insert(
+            id,
+            Counted::Event {
+                type_index,
+                first_handler: None,
+            },
+        );
 
         if event.causation_id.is_empty() {
             return;
         }
-        let cause_type_index = match self
-            .counted
-            .get(&stable_hash(&[event.causation_id.as_bytes()]))
-        {
-            Some(Counted::Event { type_index }) => Some(*type_index),
-            _ => None,
-        };
         let work = match self.agents.get_mut(event.source) {
             Some(work) => work,
             None => self.agents.entry(names.hold(event.source)).or_default(),
@@ -358,11 +376,7 @@ impl Run {
             return;
         }
         increment(&mut work.emitted, names, type_index);
-        let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
-        if let Some(cause_type_index) = cause_type_index
-            && let Entry::Vacant(first) = self.counted.entry(handling)
-        {
-            first.insert(Counted::Handling);
+        if let Handling::New { cause_type_index } = count_handling(&mut self.counted, event) {
             increment(&mut work.handled, names, cause_type_index);
         }
     }
@@ -396,6 +410,35 @@ impl Run {
         } else {
             RunStatus::Pending { waiting_on }
         }
+    }
+}
+
+/// Records that `event`'s source handled its cause, and says whether that is a new handling.
+fn count_handling(counted: &mut FxHashMap<u64, Counted>, event: &EventView<'_>) -> Handling {
+    let agent = NonZeroU64::new(stable_hash(&[event.source.as_bytes()])).unwrap_or(NonZeroU64::MIN);
+    let Some(Counted::Event {
+        type_index,
+        first_handler,
+    }) = counted.get_mut(&stable_hash(&[event.causation_id.as_bytes()]))
+    else {
+        return Handling::UnknownCause;
+    };
+    let cause_type_index = *type_index;
+    match first_handler {
+        None => {
+            *first_handler = Some(agent);
+            return Handling::New { cause_type_index };
+        }
+        Some(first) if *first == agent => return Handling::Counted,
+        Some(_) => {}
+    }
+    let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
+    match counted.entry(handling) {
+        Entry::Vacant(entry) => {
+            entry.insert(Counted::Handling);
+            Handling::New { cause_type_index }
+        }
+        Entry::Occupied(_) => Handling::Counted,
     }
 }
 
@@ -566,6 +609,33 @@ mod tests {
         assert_eq!(counter.handled.get("count.requested"), Some(&1));
         assert_eq!(counter.emitted.get("count.done"), Some(&2));
         assert_eq!(board.position.sequence, 3);
+    }
+
+    #[test]
+    fn every_agent_that_handles_an_input_counts_one_handling_of_it() {
+        let mut board = Folded::<RunBoard>::default();
+        let root = root("run-1");
+        // Three agents handle the root; two emit twice from it.
+        let children = [
+            stamp_child(&root, &agent("security"), 0, emit("finding.reported")),
+            stamp_child(&root, &agent("style"), 0, emit("finding.reported")),
+            stamp_child(&root, &agent("security"), 1, emit("review.done")),
+            stamp_child(&root, &agent("tests"), 0, emit("review.done")),
+            stamp_child(&root, &agent("style"), 1, emit("review.done")),
+        ];
+        board.apply(&record(1, &root));
+        for (sequence, child) in (2..).zip(&children) {
+            board.apply(&record(sequence, child));
+        }
+        // A redelivered handling republishes the same child: still one handling.
+        board.apply(&record(7, &children[1]));
+
+        let run = board.state.run("run-1").expect("run");
+        for (name, emitted) in [("security", 2), ("style", 2), ("tests", 1)] {
+            let work = run.agents.get(name).expect(name);
+            assert_eq!(work.handled.get("count.requested"), Some(&1), "{name}");
+            assert_eq!(work.emitted.values().sum::<u64>(), emitted, "{name}");
+        }
     }
 
     #[test]
