@@ -121,13 +121,13 @@ enum Counted {
     Handling,
 }
 
-/// How an event's handling relates to what the run has counted.
-enum Handling {
+/// Whether the handling an event comes from is one the run has counted.
+enum Handled {
     /// The cause is not in the run (yet): nothing to count.
     UnknownCause,
-    /// Already counted.
-    Counted,
-    /// Not counted yet: the handling of an input of this type (index into `types`).
+    /// Counted before.
+    Before,
+    /// Not counted before: the handling of an input of this type (index into `types`).
     New { cause_type_index: u32 },
 }
 
@@ -376,7 +376,7 @@ impl Run {
             return;
         }
         increment(&mut work.emitted, names, type_index);
-        if let Handling::New { cause_type_index } = count_handling(&mut self.counted, event) {
+        if let Handled::New { cause_type_index } = count_handling(&mut self.counted, event) {
             increment(&mut work.handled, names, cause_type_index);
         }
     }
@@ -414,31 +414,31 @@ impl Run {
 }
 
 /// Records that `event`'s source handled its cause, and says whether that is a new handling.
-fn count_handling(counted: &mut FxHashMap<u64, Counted>, event: &EventView<'_>) -> Handling {
+fn count_handling(counted: &mut FxHashMap<u64, Counted>, event: &EventView<'_>) -> Handled {
     let agent = NonZeroU64::new(stable_hash(&[event.source.as_bytes()])).unwrap_or(NonZeroU64::MIN);
     let Some(Counted::Event {
         type_index,
         first_handler,
     }) = counted.get_mut(&stable_hash(&[event.causation_id.as_bytes()]))
     else {
-        return Handling::UnknownCause;
+        return Handled::UnknownCause;
     };
     let cause_type_index = *type_index;
     match first_handler {
         None => {
             *first_handler = Some(agent);
-            return Handling::New { cause_type_index };
+            return Handled::New { cause_type_index };
         }
-        Some(first) if *first == agent => return Handling::Counted,
+        Some(first) if *first == agent => return Handled::Before,
         Some(_) => {}
     }
     let handling = stable_hash(&[event.causation_id.as_bytes(), event.source.as_bytes()]);
     match counted.entry(handling) {
         Entry::Vacant(entry) => {
             entry.insert(Counted::Handling);
-            Handling::New { cause_type_index }
+            Handled::New { cause_type_index }
         }
-        Entry::Occupied(_) => Handling::Counted,
+        Entry::Occupied(_) => Handled::Before,
     }
 }
 
