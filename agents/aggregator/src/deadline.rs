@@ -138,6 +138,7 @@ pub async fn watch(
             filters: filters.clone(),
             from: From::Start,
             until: Until::End,
+            ..LogQuery::default()
         },
     )
     .await?;
@@ -151,6 +152,7 @@ pub async fn watch(
         filters,
         from: From::Sequence(last + 1),
         until: Until::Live,
+        ..LogQuery::default()
     };
     let mut reader = LogReader::open(&jetstream, &stream, query).await?;
     let publisher = Publisher::new(jetstream, namespace);

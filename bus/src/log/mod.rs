@@ -1,4 +1,5 @@
-//! Reading the log: a stream read in order from a chosen point, with an ordered consumer.
+//! Reading the log: a stream read in order from a chosen point, with an ordered consumer
+//! ([`delivery`]).
 //!
 //! Every tool that looks back (projections, `choreo trace`, `replay`, `state`, `dlq`) reads
 //! through [`LogReader`]. A read is server-side filtered by subject (a run's trace reads
@@ -8,18 +9,21 @@
 //! Times are the stream's own: when the server stored the message. They only grow along the
 //! log, so "as of 10:42" means "what the log held at 10:42", whatever clocks the publishers had.
 
-use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, pull},
-    stream::ConsumerErrorKind,
-};
+mod delivery;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use choreo_proto::v1::Event;
-use futures::StreamExt;
 use time::OffsetDateTime;
 
 use crate::envelope::{self, DecodeError, EventView};
+use delivery::{Delivery, Wanted};
+
+/// How often the server reports in on a quiet read, unless the query says otherwise.
+pub const DEFAULT_IDLE_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Where a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,12 +54,27 @@ pub enum Until {
 }
 
 /// What to read from a stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LogQuery {
     /// Subject filters; empty reads everything.
     pub filters: Vec<String>,
     pub from: From,
     pub until: Until,
+    /// How often the server sends a heartbeat while it has nothing to deliver. A read that hears
+    /// nothing for three of these takes its consumer for lost (the server restarted) and creates
+    /// it again where it left off: a live read follows the log through a restart.
+    pub idle_heartbeat: Duration,
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery {
+            filters: Vec::new(),
+            from: From::default(),
+            until: Until::default(),
+            idle_heartbeat: DEFAULT_IDLE_HEARTBEAT,
+        }
+    }
 }
 
 impl LogQuery {
@@ -64,6 +83,11 @@ impl LogQuery {
             filters: vec![filter.into()],
             ..LogQuery::default()
         }
+    }
+
+    pub fn idle_heartbeat(mut self, every: Duration) -> Self {
+        self.idle_heartbeat = every;
+        self
     }
 
     pub fn from(mut self, from: From) -> Self {
@@ -148,7 +172,8 @@ impl LogError {
 /// A read in progress. Call [`LogReader::next`] until it returns `None`.
 pub struct LogReader {
     stream: String,
-    messages: Option<pull::Ordered>,
+    /// `None` once the read is over.
+    delivery: Option<Delivery>,
     /// Messages the read will return at most, when it has an end.
     expected: Option<u64>,
     read: u64,
@@ -183,14 +208,6 @@ impl LogReader {
         stream: &str,
         query: LogQuery,
     ) -> Result<Self, LogError> {
-        let unavailable = |detail: String| LogError::Unavailable {
-            stream: stream.to_string(),
-            detail,
-        };
-        let handle = jetstream
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|err| unavailable(err.to_string()))?;
         let deliver_policy = match query.from {
             From::Start => DeliverPolicy::All,
             From::Sequence(start_sequence) => DeliverPolicy::ByStartSequence {
@@ -203,41 +220,21 @@ impl LogReader {
             [one] => (one.clone(), Vec::new()),
             many => (String::new(), many.to_vec()),
         };
-        let consumer = handle
-            .create_consumer(pull::OrderedConfig {
-                filter_subject,
-                filter_subjects,
-                deliver_policy,
-                ..pull::OrderedConfig::default()
-            })
-            .await
-            .map_err(|err| match err.kind() {
-                ConsumerErrorKind::JetStream(server)
-                    if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    LogError::NoStream {
-                        stream: stream.to_string(),
-                    }
-                }
-                _ => unavailable(err.to_string()),
-            })?;
+        let wanted = Wanted {
+            filter_subject,
+            filter_subjects,
+            deliver_policy,
+            idle_heartbeat: query.idle_heartbeat,
+        };
+        let (delivery, matching) = Delivery::start(jetstream, stream, wanted).await?;
         let expected = match query.until {
             Until::Live => None,
-            _ => Some(consumer.cached_info().num_pending),
-        };
-        let messages = if expected == Some(0) {
-            None
-        } else {
-            Some(
-                consumer
-                    .messages()
-                    .await
-                    .map_err(|err| unavailable(err.to_string()))?,
-            )
+            _ => Some(matching),
         };
         Ok(LogReader {
             stream: stream.to_string(),
-            messages,
+            // Nothing to wait for: dropping the delivery unsubscribes its inbox at once.
+            delivery: (expected != Some(0)).then_some(delivery),
             expected,
             read: 0,
             until: query.until,
@@ -252,29 +249,18 @@ impl LogReader {
 
     /// The next record, or `None` at the end of the read.
     pub async fn next(&mut self) -> Result<Option<LogRecord>, LogError> {
-        let Some(messages) = self.messages.as_mut() else {
+        let Some(delivery) = self.delivery.as_mut() else {
             return Ok(None);
         };
-        let Some(next) = messages.next().await else {
-            self.messages = None;
-            return Ok(None);
-        };
-        let message = next.map_err(|err| LogError::Unavailable {
-            stream: self.stream.clone(),
-            detail: err.to_string(),
-        })?;
-        let info = message.info().map_err(|err| LogError::Unavailable {
-            stream: self.stream.clone(),
-            detail: err.to_string(),
-        })?;
-        let (sequence, time, pending) = (info.stream_sequence, info.published, info.pending);
+        let (message, position) = delivery.next().await?;
+        let (sequence, time, pending) = (position.sequence, position.time, position.pending);
         let past_the_end = match self.until {
             Until::Sequence(last) => sequence > last,
             Until::Time(last) => time > last,
             Until::End | Until::Live => false,
         };
         if past_the_end {
-            self.messages = None;
+            self.delivery = None;
             return Ok(None);
         }
         self.read += 1;
@@ -283,9 +269,8 @@ impl LogReader {
         if self.until != Until::Live
             && (pending == 0 || self.expected.is_some_and(|expected| self.read >= expected))
         {
-            self.messages = None;
+            self.delivery = None;
         }
-        let message = message.split().0;
         Ok(Some(LogRecord {
             sequence,
             time,

@@ -1,15 +1,20 @@
-//! Projections rebuilt from a real log: a log longer than one batch of the fold, read from a
-//! real nats-server, folds to exactly the state its records give one by one; a temporal query
-//! stops at its point wherever that falls in a batch; a rebuild resumes from its snapshot.
+//! The log read back from a real nats-server: the reader returns every record once and in
+//! order even when the client drops messages it had no room for, and a live read follows the
+//! log through a server restart; a log longer than one batch of the fold folds to exactly the
+//! state its records give one by one; a temporal query stops at its point wherever that falls
+//! in a batch; a rebuild resumes from its snapshot.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use std::time::Duration;
+
+use anyhow::Context as _;
 use choreo_bus::envelope::stamp_child;
-use choreo_bus::log::LogRecord;
+use choreo_bus::log::{From, LogQuery, LogReader, LogRecord, Until};
 use choreo_bus::projection::run_board::RunBoard;
 use choreo_bus::projection::{AsOf, Folded, Projector};
 use choreo_bus::{AgentName, Emit, Event, RootEvent};
-use choreo_testkit::{Bus, event_type};
+use choreo_testkit::{Bus, PATIENCE, event_type};
 use serde_json::json;
 
 /// Runs of this many events: a root, then children that fan out to two agents.
@@ -55,6 +60,105 @@ fn folded_one_by_one(records: &[LogRecord]) -> Folded<RunBoard> {
     let mut folded = Folded::<RunBoard>::default();
     records.iter().for_each(|record| folded.apply(record));
     folded
+}
+
+/// The next record of `reader`, failing the test if none comes within [`PATIENCE`].
+async fn next_record(reader: &mut LogReader) -> anyhow::Result<LogRecord> {
+    tokio::time::timeout(PATIENCE, reader.next())
+        .await
+        .context("the read stalled")??
+        .context("the read ended early")
+}
+
+#[tokio::test]
+async fn a_reader_whose_client_drops_messages_for_want_of_room_still_returns_every_record_once_in_order()
+-> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let records = fill(&bus).await?;
+    // A client with room for 16 messages per subscription, far fewer than a read asks for.
+    let (overflowed, mut overflows) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(16)
+        .event_callback(move |event| {
+            let overflowed = overflowed.clone();
+            async move {
+                if matches!(event, async_nats::Event::SlowConsumer(_)) {
+                    let _ = overflowed.send(());
+                }
+            }
+        })
+        .connect(bus.server.url())
+        .await?;
+    let jetstream = async_nats::jetstream::new(client);
+    // Short heartbeats: a loss at the end of a batch shows when the next one names a later
+    // message than the last one received.
+    let query = LogQuery::filtered("events.>").idle_heartbeat(Duration::from_millis(200));
+    let mut reader = LogReader::open(&jetstream, "EVENTS", query).await?;
+    let mut sequences = vec![next_record(&mut reader).await?.sequence];
+    // Read no further until the client has dropped messages for want of room.
+    tokio::time::timeout(PATIENCE, overflows.recv())
+        .await
+        .context("the client never ran out of room")?;
+
+    while let Some(record) = tokio::time::timeout(PATIENCE, reader.next())
+        .await
+        .context("the read stalled")??
+    {
+        sequences.push(record.sequence);
+    }
+
+    let stored: Vec<u64> = records.iter().map(|record| record.sequence).collect();
+    assert_eq!(sequences, stored);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_live_read_follows_the_log_through_a_server_restart() -> anyhow::Result<()> {
+    let mut bus = Bus::start().await?;
+    for n in 0..2 {
+        bus.publish("work.requested", json!(n), Some("run-live"))
+            .await?;
+    }
+    let query = LogQuery::filtered("events.>")
+        .from(From::Start)
+        .until(Until::Live)
+        .idle_heartbeat(Duration::from_millis(500));
+    let mut reader = LogReader::open(&bus.jetstream, "EVENTS", query).await?;
+    let before: Vec<u64> = vec![
+        next_record(&mut reader).await?.sequence,
+        next_record(&mut reader).await?.sequence,
+    ];
+
+    // The consumer lives in the server's memory: a restart loses it, the stream stays.
+    bus.server.restart().await?;
+    let mut published = Vec::new();
+    for n in 2..4 {
+        published.push(
+            bus.publish("work.requested", json!(n), Some("run-live"))
+                .await?,
+        );
+    }
+
+    let after = [
+        next_record(&mut reader).await?,
+        next_record(&mut reader).await?,
+    ];
+    assert_eq!(before, [1, 2]);
+    assert_eq!(
+        after
+            .iter()
+            .map(|record| record.sequence)
+            .collect::<Vec<_>>(),
+        [3, 4],
+        "the read picks up after the last record it returned, and repeats none"
+    );
+    let ids: Vec<String> = after
+        .iter()
+        .map(|record| Ok(record.decode()?.id))
+        .collect::<anyhow::Result<_>>()?;
+    let published: Vec<String> = published.into_iter().map(|event| event.id).collect();
+    assert_eq!(ids, published);
+    Ok(())
 }
 
 #[tokio::test]
