@@ -4,8 +4,10 @@
 //! of [`RUN_LENGTH`]: a root and a chain of children stamped as the runtime stamps them, on
 //! their real subjects.
 //!
-//! - `replay`: rebuilding the run board from the whole log (ordered consumer, decode, fold)
-//!   vs the raw ordered-consumer read of the same messages, in alternating rounds.
+//! - `replay`: rebuilding the run board from the whole log (the bus's reader, decode, fold)
+//!   vs the raw ordered-consumer read of the same messages (async-nats's ordered pull
+//!   consumer), in alternating rounds; its ordered push consumer is measured in the same rounds
+//!   as a second raw side (`also_raw`, `ratio_vs_also_raw`).
 //! - `trace`: one run's trace from the middle of the log vs a raw ordered read of that run's
 //!   subjects. Its figures include `messages_read`: the trace must read the run's own
 //!   messages, not the stream.
@@ -13,7 +15,10 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, push},
+};
 use bytes::Bytes;
 use choreo_bus::envelope::stamp_child;
 use choreo_bus::log::LogRecord;
@@ -27,7 +32,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::publish::pipelined;
-use crate::{Report, Settings, fresh_streams, median};
+use crate::{AlsoRaw, Report, Settings, fresh_streams, median};
 
 /// Events per run in the filled log.
 pub const RUN_LENGTH: usize = 10;
@@ -93,7 +98,7 @@ pub async fn fill(client: &async_nats::Client, settings: &Settings) -> anyhow::R
     Ok(runs)
 }
 
-/// Reads every message of `filter` with a raw ordered consumer; returns how many.
+/// Reads every message of `filter` with async-nats's ordered pull consumer; returns how many.
 async fn raw_read(jetstream: &jetstream::Context, filter: &str) -> anyhow::Result<u64> {
     let stream = jetstream.get_stream_no_info("EVENTS").await?;
     let consumer = stream
@@ -103,7 +108,29 @@ async fn raw_read(jetstream: &jetstream::Context, filter: &str) -> anyhow::Resul
         })
         .await?;
     let expected = consumer.cached_info().num_pending;
-    let mut messages = consumer.messages().await?;
+    let messages = consumer.messages().await?;
+    read_all(messages, expected).await
+}
+
+/// Reads every message of `filter` with async-nats's ordered push consumer; returns how many.
+async fn raw_push_read(jetstream: &jetstream::Context, filter: &str) -> anyhow::Result<u64> {
+    let stream = jetstream.get_stream_no_info("EVENTS").await?;
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: jetstream.client().new_inbox(),
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
+        .await?;
+    let expected = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await?;
+    read_all(messages, expected).await
+}
+
+async fn read_all<E: std::error::Error + Send + Sync + 'static>(
+    mut messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    expected: u64,
+) -> anyhow::Result<u64> {
     let mut read = 0;
     while read < expected {
         let message = messages
@@ -170,11 +197,15 @@ pub async fn replay(client: &async_nats::Client, settings: &Settings) -> anyhow:
     fill(client, settings).await?;
     let jetstream = jetstream::new(client.clone());
     let projector = Projector::new(jetstream.clone(), Namespace::default());
-    let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
+    let (mut raw_rounds, mut ours_rounds, mut push_rounds) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..settings.rounds {
         let start = Instant::now();
         let read = raw_read(&jetstream, "events.>").await?;
         raw_rounds.push(read as f64 / start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        let pushed = raw_push_read(&jetstream, "events.>").await?;
+        push_rounds.push(pushed as f64 / start.elapsed().as_secs_f64());
 
         let start = Instant::now();
         let board = projector.rebuild::<RunBoard>(AsOf::Now, false).await?;
@@ -189,7 +220,14 @@ pub async fn replay(client: &async_nats::Client, settings: &Settings) -> anyhow:
     let mut report = Report::throughput("replay", settings, raw_rounds, ours_rounds);
     report.messages = settings.log_events;
     report.payload_bytes = 64;
-    report.raw_is = Some("raw ordered consumer reading every message");
+    report.raw_is = Some("async-nats's ordered pull consumer reading every message");
+    let also_raw = median(&push_rounds);
+    report.also_raw = Some(AlsoRaw {
+        also_raw_is: "async-nats's ordered push consumer reading every message",
+        also_raw,
+        also_raw_rounds: push_rounds,
+        ratio_vs_also_raw: if also_raw > 0.0 { report.ours / also_raw } else { 0.0 },
+    });
     Ok(report)
 }
 

@@ -101,6 +101,21 @@ pub struct Report {
     /// What `raw` measures, when it is not raw async-nats.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_is: Option<&'static str>,
+    /// A second raw side, where one is measured: its median and ours / it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub also_raw: Option<AlsoRaw>,
+}
+
+/// Another raw way to do the same work, measured in the same rounds, so a ratio can be read
+/// against it too.
+#[derive(Debug, Serialize)]
+pub struct AlsoRaw {
+    /// What it is.
+    pub also_raw_is: &'static str,
+    pub also_raw: f64,
+    pub also_raw_rounds: Vec<f64>,
+    /// ours / also_raw.
+    pub ratio_vs_also_raw: f64,
 }
 
 impl Report {
@@ -124,6 +139,7 @@ impl Report {
             raw_rounds,
             ours_rounds,
             raw_is: None,
+            also_raw: None,
         }
     }
 }
