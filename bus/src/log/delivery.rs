@@ -49,6 +49,13 @@ const BATCH: usize = 4096;
 const REQUEST_EXPIRES: Duration = Duration::from_secs(30);
 /// Heartbeat periods without a word from the server after which the consumer is taken for lost.
 const QUIET_PERIODS_BEFORE_RESTART: u32 = 3;
+/// The shortest heartbeat asked for; the longest is half a request's expiry, as the server
+/// requires.
+const SHORTEST_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Times in a row the consumer may be created again, with neither a message nor a heartbeat
+/// from it in between, before the read gives up: a server that keeps refusing requests must
+/// not spin the read forever.
+const RESTARTS_IN_A_ROW: u32 = 5;
 /// Attempts at creating the consumer again before the read fails, and the first pause between
 /// them (doubling each time): enough to ride out a server restart.
 const RESTART_ATTEMPTS: u32 = 5;
@@ -87,6 +94,7 @@ pub(super) struct Delivery {
     last_stream_sequence: Option<u64>,
     /// Heartbeat deadlines passed since the server last sent anything.
     quiet_periods: u32,
+    restarts_in_a_row: u32,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -97,6 +105,9 @@ impl Delivery {
         stream: &str,
         mut wanted: Wanted,
     ) -> Result<(Delivery, u64), LogError> {
+        wanted.idle_heartbeat = wanted
+            .idle_heartbeat
+            .clamp(SHORTEST_HEARTBEAT, REQUEST_EXPIRES / 2);
         let subscribed = subscribe(jetstream, stream, &wanted, wanted.deliver_policy).await?;
         let info = subscribed.consumer.cached_info().clone();
         // "Only what comes after now" must not move if the consumer is created again later:
@@ -119,6 +130,7 @@ impl Delivery {
             consumer_sequence: 0,
             last_stream_sequence: None,
             quiet_periods: 0,
+            restarts_in_a_row: 0,
             deadline,
         };
         Ok((delivery, info.num_pending))
@@ -170,6 +182,7 @@ impl Delivery {
             }
             self.consumer_sequence = position.consumer_sequence;
             self.last_stream_sequence = Some(position.sequence);
+            self.restarts_in_a_row = 0;
             return Ok((message, position));
         }
     }
@@ -210,6 +223,7 @@ impl Delivery {
             if last_sent.is_some_and(|last_sent| last_sent > self.consumer_sequence) {
                 return self.lost_messages().await;
             }
+            self.restarts_in_a_row = 0;
             return Ok(());
         }
         if status == StatusCode::TIMEOUT {
@@ -238,6 +252,13 @@ impl Delivery {
             },
             None => self.wanted.deliver_policy,
         };
+        self.restarts_in_a_row += 1;
+        if self.restarts_in_a_row > RESTARTS_IN_A_ROW {
+            return Err(self.unavailable(format!(
+                "{reason}; the read's consumer was created again {RESTARTS_IN_A_ROW} \
+                 times in a row without a message or heartbeat from it"
+            )));
+        }
         tracing::debug!(stream = %self.stream, reason, ?from, "creating the read's consumer again");
         let mut pause = FIRST_RESTART_PAUSE;
         let mut attempt = 1;

@@ -62,7 +62,8 @@ pub struct LogQuery {
     pub until: Until,
     /// How often the server sends a heartbeat while it has nothing to deliver. A read that hears
     /// nothing for three of these takes its consumer for lost (the server restarted) and creates
-    /// it again where it left off: a live read follows the log through a restart.
+    /// it again where it left off: a live read follows the log through a restart. Kept between
+    /// 100 ms and 15 s (half of a pull request's expiry, as the server requires).
     pub idle_heartbeat: Duration,
 }
 

@@ -226,7 +226,11 @@ pub async fn replay(client: &async_nats::Client, settings: &Settings) -> anyhow:
         also_raw_is: "async-nats's ordered push consumer reading every message",
         also_raw,
         also_raw_rounds: push_rounds,
-        ratio_vs_also_raw: if also_raw > 0.0 { report.ours / also_raw } else { 0.0 },
+        ratio_vs_also_raw: if also_raw > 0.0 {
+            report.ours / also_raw
+        } else {
+            0.0
+        },
     });
     Ok(report)
 }
