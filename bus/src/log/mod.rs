@@ -1,5 +1,5 @@
-//! Reading the log: a stream read in order from a chosen point, with an ordered consumer
-//! ([`delivery`]).
+//! Reading the log: a stream read in order from a chosen point, with an ordered pull consumer
+//! driven on the core connection (`log/delivery.rs` says how, and why not async-nats's own).
 //!
 //! Every tool that looks back (projections, `choreo trace`, `replay`, `state`, `dlq`) reads
 //! through [`LogReader`]. A read is server-side filtered by subject (a run's trace reads
