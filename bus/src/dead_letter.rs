@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use crate::envelope::{self, Emit, RootEvent};
 use crate::log::{LogError, LogQuery, LogReader};
 use crate::names::{AgentName, EventType, Namespace, validate_id};
-use crate::publish::{PublishError, Publisher, headers};
+use crate::publish::{PublishError, Publisher, headers, publish_confirmed};
 use crate::streams::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
 
 /// The type of the event that announces a dead letter in its run.
@@ -56,6 +56,8 @@ pub enum DeadLetterReason {
     HandlerFailed,
     /// The handler said retrying cannot help, or emitted a type the agent does not declare.
     HandlerRejected,
+    /// The handler ran past the agent's handler timeout on its last delivery.
+    HandlerTimeout,
     /// The bytes are not a usable `choreo.v1.Event`.
     DecodeFailed,
     /// Publishing the children would have passed the depth limit.
@@ -71,6 +73,7 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::HandlerFailed => "handler_failed",
             DeadLetterReason::HandlerRejected => "handler_rejected",
+            DeadLetterReason::HandlerTimeout => "handler_timeout",
             DeadLetterReason::DecodeFailed => "decode_failed",
             DeadLetterReason::DepthExceeded => "depth_exceeded",
             DeadLetterReason::BudgetExhausted => "budget_exhausted",
@@ -79,9 +82,10 @@ impl DeadLetterReason {
     }
 
     /// Every reason, for parsing and listing.
-    pub const ALL: [DeadLetterReason; 6] = [
+    pub const ALL: [DeadLetterReason; 7] = [
         DeadLetterReason::HandlerFailed,
         DeadLetterReason::HandlerRejected,
+        DeadLetterReason::HandlerTimeout,
         DeadLetterReason::DecodeFailed,
         DeadLetterReason::DepthExceeded,
         DeadLetterReason::BudgetExhausted,
@@ -184,19 +188,15 @@ impl DeadLetterWriter {
         map.insert(dead_letter_headers::AGENT, self.agent.as_str());
         let payload = letter.encode_to_vec();
         let size = payload.len();
-        let pending = self
-            .jetstream
-            .send_publish(
-                subject.clone(),
-                jetstream::message::PublishMessage::build()
-                    .headers(map)
-                    .payload(payload.into()),
-            )
-            .await
-            .map_err(|err| PublishError::from_nats(&subject, size, err))?;
-        let stored = pending
-            .await
-            .map_err(|err| PublishError::from_nats(&subject, size, err))?;
+        let stored = publish_confirmed(
+            &self.jetstream,
+            subject,
+            size,
+            jetstream::message::PublishMessage::build()
+                .headers(map)
+                .payload(payload.into()),
+        )
+        .await?;
         let notice = DeadLetterNotice {
             agent: self.agent.to_string(),
             reason: reason.as_str().to_string(),
@@ -411,20 +411,15 @@ impl DeadLetterStore {
         map.insert(headers::MSG_ID, format!("redrive-{sequence}").as_str());
         map.insert(REDRIVE_FOR, letter.agent.as_str());
         map.insert(REDRIVE_OF, sequence.to_string().as_str());
-        let subject = letter.original_subject.clone();
-        let size = letter.original.len();
-        let ack = self
-            .jetstream
-            .send_publish(
-                subject.clone(),
-                jetstream::message::PublishMessage::build()
-                    .headers(map)
-                    .payload(letter.original.clone()),
-            )
-            .await
-            .map_err(|err| PublishError::from_nats(&subject, size, err))?
-            .await
-            .map_err(|err| PublishError::from_nats(&subject, size, err))?;
+        let ack = publish_confirmed(
+            &self.jetstream,
+            letter.original_subject.clone(),
+            letter.original.len(),
+            jetstream::message::PublishMessage::build()
+                .headers(map)
+                .payload(letter.original.clone()),
+        )
+        .await?;
         self.purge(sequence).await?;
         Ok(Redriven {
             agent: letter.agent.clone(),

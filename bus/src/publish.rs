@@ -5,13 +5,18 @@
 //! deduplicated by the stream. With the subject, the plain headers (see [`headers`]) let `nats`
 //! CLI users see what an event is without decoding protobuf.
 
+use std::sync::Arc;
+
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream::{
+    self, context::PublishErrorKind, publish::PublishAck, response::Response,
+};
 use choreo_proto::v1::Event;
 use prost::Message;
 
 use crate::envelope::RootEvent;
 use crate::names::{Namespace, ValidationError};
+use crate::streams::is_transient;
 
 /// Header names set on event messages.
 ///
@@ -23,6 +28,9 @@ pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
     pub const CAUSATION_ID: &str = "Choreo-Causation-Id";
     pub const DEPTH: &str = "Choreo-Depth";
+    /// On an agent's child: how many events the handling that emitted it emitted, so a
+    /// redelivery of its input can tell whether they are all stored.
+    pub const EMITTED: &str = "Choreo-Emitted";
 }
 
 /// The stream's answer to a publish.
@@ -41,19 +49,63 @@ pub struct Published {
 pub enum PublishError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// JetStream answered that no stream captures the subject. Only an answer counts: a
+    /// publish that nothing answered is not taken as proof, the server is asked first (see
+    /// [`Unavailability`]).
     #[error(
         "no stream captures subject {subject}: create the streams first \
          (`choreo streams ensure`, or choreo_bus::streams::ensure_streams)"
     )]
     NoStream { subject: String },
-    #[error("stream is full ({detail}): raise its limits or remove old events; nothing was stored")]
-    StreamFull { detail: String },
+    #[error("stream is full ({source}): raise its limits or remove old events; nothing was stored")]
+    StreamFull {
+        #[source]
+        source: jetstream::Error,
+    },
     #[error("event is {size} bytes, over the server's max_payload: send a smaller payload")]
     TooLarge { size: usize },
-    #[error("NATS did not confirm the publish ({detail}); it may not be stored: retry")]
-    Unavailable { detail: String },
+    /// JetStream could not take the event just now; the same publish can pass later.
+    #[error(
+        "NATS JetStream is unavailable ({why}); the event on {subject} may or may not be \
+         stored: retry (the same event id stores it once)"
+    )]
+    Unavailable {
+        subject: String,
+        #[source]
+        why: Unavailability,
+    },
     #[error("the stream refused the event: {detail}")]
     Refused { detail: String },
+}
+
+/// Why JetStream could not take a publish just now. Each of these passes on its own (a timeout,
+/// a lost connection, an election), so a retry is the answer to every one.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailability {
+    /// No acknowledgement came: the publish timed out, the connection was lost, or too many
+    /// publishes are still awaiting theirs.
+    #[error("no acknowledgement: {0}")]
+    NotConfirmed(#[source] jetstream::context::PublishError),
+    /// Nothing answered the publish, though JetStream says this stream captures the subject:
+    /// the stream has no leader just now, as while its replicas elect one after a server was
+    /// lost.
+    #[error(
+        "stream {stream} captures the subject but nothing answered: it has no leader right \
+         now, e.g. while its replicas elect one"
+    )]
+    NoLeader { stream: String },
+    /// Nothing answered the publish, and JetStream's API did not answer which stream captures
+    /// the subject either (it timed out, or nothing listens: JetStream is starting, or not
+    /// enabled on that server).
+    #[error(
+        "nothing answered the publish, and JetStream did not answer which stream captures the \
+         subject ({0}); is JetStream enabled (nats-server -js) and its cluster up?"
+    )]
+    NotAnswered(#[source] jetstream::context::RequestError),
+    /// JetStream answered that it cannot serve just now: the cluster has no meta leader
+    /// (error 10008, "temporarily unavailable"), a group has no leader, the stream is offline.
+    #[error("JetStream is not ready: {0}")]
+    NotReady(#[source] jetstream::Error),
 }
 
 impl PublishError {
@@ -63,41 +115,131 @@ impl PublishError {
         matches!(self, PublishError::Unavailable { .. })
     }
 
-    pub(crate) fn from_nats(
+    /// What a failed publish on `subject` means. A publish that nothing answered ("no
+    /// responders", which async-nats reports as `StreamNotFound`) is not taken as a missing
+    /// stream: in a cluster only a stream's leader listens on its subjects, so while the
+    /// replicas elect a new one nothing answers. JetStream is asked which stream captures the
+    /// subject, and only its answer "none" makes it [`PublishError::NoStream`].
+    pub(crate) async fn from_nats(
+        jetstream: &jetstream::Context,
         subject: &str,
         size: usize,
         err: jetstream::context::PublishError,
     ) -> Self {
-        match err.kind() {
-            PublishErrorKind::StreamNotFound => PublishError::NoStream {
-                subject: subject.to_string(),
-            },
+        match Self::from_answer(subject, size, err) {
+            Ok(known) => known,
+            Err(NoResponders) => {
+                Self::from_lookup(subject, lookup_stream(jetstream, subject).await)
+            }
+        }
+    }
+
+    /// The error for everything but "no responders", which needs a question to the server.
+    fn from_answer(
+        subject: &str,
+        size: usize,
+        err: jetstream::context::PublishError,
+    ) -> Result<Self, NoResponders> {
+        let unavailable = |why| PublishError::Unavailable {
+            subject: subject.to_string(),
+            why,
+        };
+        Ok(match err.kind() {
+            PublishErrorKind::StreamNotFound => return Err(NoResponders),
             PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge { size },
             PublishErrorKind::TimedOut
             | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxAckPending => PublishError::Unavailable {
-                detail: err.to_string(),
-            },
+            | PublishErrorKind::MaxAckPending => unavailable(Unavailability::NotConfirmed(err)),
             _ => {
                 let server_error = std::error::Error::source(&err)
-                    .and_then(|source| source.downcast_ref::<jetstream::Error>());
+                    .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                    .cloned();
                 match server_error {
                     Some(server)
                         if server.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED =>
                     {
-                        PublishError::StreamFull {
-                            detail: server.to_string(),
-                        }
+                        PublishError::StreamFull { source: server }
+                    }
+                    Some(server) if is_transient(server.error_code()) => {
+                        unavailable(Unavailability::NotReady(server))
                     }
                     Some(server) => PublishError::Refused {
                         detail: server.to_string(),
                     },
-                    None => PublishError::Unavailable {
-                        detail: err.to_string(),
-                    },
+                    None => unavailable(Unavailability::NotConfirmed(err)),
                 }
             }
+        })
+    }
+
+    /// The error for a publish that nothing answered, from JetStream's answer to "which stream
+    /// captures this subject".
+    fn from_lookup(
+        subject: &str,
+        answer: Result<Response<StreamNames>, jetstream::context::RequestError>,
+    ) -> Self {
+        let unavailable = |why| PublishError::Unavailable {
+            subject: subject.to_string(),
+            why,
+        };
+        match answer {
+            Ok(Response::Ok(names)) => match names.streams.into_iter().flatten().next() {
+                Some(stream) => unavailable(Unavailability::NoLeader { stream }),
+                None => PublishError::NoStream {
+                    subject: subject.to_string(),
+                },
+            },
+            Ok(Response::Err { error }) if is_transient(error.error_code()) => {
+                unavailable(Unavailability::NotReady(error))
+            }
+            // JetStream said no for another reason, e.g. not enabled for this account: asking
+            // again will not change it.
+            Ok(Response::Err { error }) => PublishError::Refused {
+                detail: format!("no stream can take {subject}: {error}"),
+            },
+            Err(err) => unavailable(Unavailability::NotAnswered(err)),
         }
+    }
+}
+
+/// A publish that nothing answered: whether a stream captures its subject is still to be asked.
+#[derive(Debug)]
+struct NoResponders;
+
+/// The part of JetStream's `STREAM.NAMES` answer we read.
+#[derive(Debug, serde::Deserialize)]
+struct StreamNames {
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+}
+
+/// Asks JetStream which streams capture `subject` (`$JS.API.STREAM.NAMES` with a subject
+/// filter). Answered by the meta leader, so it works while a stream has no leader of its own.
+async fn lookup_stream(
+    jetstream: &jetstream::Context,
+    subject: &str,
+) -> Result<Response<StreamNames>, jetstream::context::RequestError> {
+    jetstream
+        .request("STREAM.NAMES", &serde_json::json!({ "subject": subject }))
+        .await
+}
+
+/// Publishes `message` (`size` bytes of payload) on `subject` outside a [`Publisher`] (dead
+/// letters, redrives) and waits for the stream's acknowledgement, failures classified as a
+/// [`Publisher`]'s are.
+pub(crate) async fn publish_confirmed(
+    jetstream: &jetstream::Context,
+    subject: String,
+    size: usize,
+    message: jetstream::message::PublishMessage,
+) -> Result<PublishAck, PublishError> {
+    let sent = match jetstream.send_publish(subject.clone(), message).await {
+        Ok(ack) => ack.await,
+        Err(err) => Err(err),
+    };
+    match sent {
+        Ok(ack) => Ok(ack),
+        Err(err) => Err(PublishError::from_nats(jetstream, &subject, size, err).await),
     }
 }
 
@@ -106,6 +248,8 @@ impl PublishError {
 #[derive(Debug)]
 pub struct PendingPublish {
     ack: jetstream::context::PublishAckFuture,
+    /// To ask the server what a failure means (see [`PublishError::from_nats`]).
+    jetstream: Arc<jetstream::Context>,
     subject: String,
     size: usize,
     event_id: String,
@@ -114,10 +258,14 @@ pub struct PendingPublish {
 
 impl PendingPublish {
     pub async fn confirmed(self) -> Result<Published, PublishError> {
-        let ack = self
-            .ack
-            .await
-            .map_err(|err| PublishError::from_nats(&self.subject, self.size, err))?;
+        let ack = match self.ack.await {
+            Ok(ack) => ack,
+            Err(err) => {
+                return Err(
+                    PublishError::from_nats(&self.jetstream, &self.subject, self.size, err).await,
+                );
+            }
+        };
         Ok(Published {
             event_id: self.event_id,
             correlation_id: self.correlation_id,
@@ -130,14 +278,16 @@ impl PendingPublish {
 /// Publishes envelopes into one namespace.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    jetstream: jetstream::Context,
+    /// Shared with every [`PendingPublish`]: one reference count per publish, where a clone of
+    /// the context would cost an allocation and several.
+    jetstream: Arc<jetstream::Context>,
     namespace: Namespace,
 }
 
 impl Publisher {
     pub fn new(jetstream: jetstream::Context, namespace: Namespace) -> Self {
         Publisher {
-            jetstream,
+            jetstream: Arc::new(jetstream),
             namespace,
         }
     }
@@ -163,21 +313,43 @@ impl Publisher {
 
     /// Sends a complete envelope without waiting for the stream's acknowledgement.
     pub async fn send_event(&self, event: &Event) -> Result<PendingPublish, PublishError> {
+        self.send_with_headers(event, event_headers(event)).await
+    }
+
+    /// Sends one of the `emitted` children of a handling: [`Publisher::send_event`] with that
+    /// count in the [`headers::EMITTED`] header.
+    pub async fn send_child(
+        &self,
+        event: &Event,
+        emitted: usize,
+    ) -> Result<PendingPublish, PublishError> {
+        let mut headers = event_headers(event);
+        headers.insert(headers::EMITTED, emitted.to_string().as_str());
+        self.send_with_headers(event, headers).await
+    }
+
+    async fn send_with_headers(
+        &self,
+        event: &Event,
+        headers: HeaderMap,
+    ) -> Result<PendingPublish, PublishError> {
         let subject = self
             .namespace
             .event_subject(&event.correlation_id, &event.r#type);
         let payload = event.encode_to_vec();
         let size = payload.len();
         let message = jetstream::message::PublishMessage::build()
-            .headers(event_headers(event))
+            .headers(headers)
             .payload(payload.into());
-        let ack = self
-            .jetstream
-            .send_publish(subject.clone(), message)
-            .await
-            .map_err(|err| PublishError::from_nats(&subject, size, err))?;
+        let ack = match self.jetstream.send_publish(subject.clone(), message).await {
+            Ok(ack) => ack,
+            Err(err) => {
+                return Err(PublishError::from_nats(&self.jetstream, &subject, size, err).await);
+            }
+        };
         Ok(PendingPublish {
             ack,
+            jetstream: Arc::clone(&self.jetstream),
             subject,
             size,
             event_id: event.id.clone(),
@@ -195,4 +367,158 @@ pub(crate) fn event_headers(event: &Event) -> HeaderMap {
     }
     map.insert(headers::DEPTH, event.depth.to_string().as_str());
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::{
+        PublishError as NatsPublishError, RequestError, RequestErrorKind,
+    };
+
+    use super::*;
+
+    const SUBJECT: &str = "events.run-1.text.submitted";
+
+    /// A JetStream error answer, as the server sends it.
+    fn server_error(code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 503, "err_code": code, "description": description
+        }))
+        .expect("a JetStream error")
+    }
+
+    fn answered(err: NatsPublishError) -> PublishError {
+        PublishError::from_answer(SUBJECT, 10, err).expect("classified without a question")
+    }
+
+    fn looked_up(json: serde_json::Value) -> PublishError {
+        let answer: Response<StreamNames> = serde_json::from_value(json).expect("an API answer");
+        PublishError::from_lookup(SUBJECT, Ok(answer))
+    }
+
+    #[test]
+    fn nothing_answering_a_publish_is_a_question_not_a_missing_stream() {
+        let no_responders = NatsPublishError::new(PublishErrorKind::StreamNotFound);
+        assert!(PublishError::from_answer(SUBJECT, 10, no_responders).is_err());
+    }
+
+    #[test]
+    fn no_stream_only_when_jetstream_says_none_captures_the_subject() {
+        for none in [
+            serde_json::json!({"type": "io.nats.jetstream.api.v1.stream_names_response",
+                               "total": 0, "offset": 0, "limit": 1024, "streams": null}),
+            serde_json::json!({"total": 0, "streams": []}),
+        ] {
+            let err = looked_up(none);
+            assert!(matches!(err, PublishError::NoStream { .. }), "{err:?}");
+            assert!(!err.is_retryable());
+            assert!(err.to_string().contains("create the streams"));
+        }
+    }
+
+    #[test]
+    fn a_stream_that_exists_but_did_not_answer_is_electing_a_leader() {
+        let err = looked_up(serde_json::json!({"total": 1, "streams": ["EVENTS"]}));
+        assert!(
+            matches!(&err, PublishError::Unavailable { why: Unavailability::NoLeader { stream }, .. } if stream == "EVENTS"),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        let message = err.to_string();
+        assert!(message.contains("unavailable") && message.contains("leader"));
+        assert!(message.contains("retry") && !message.contains("create the streams"));
+    }
+
+    #[test]
+    fn a_cluster_without_a_meta_leader_is_unavailable() {
+        let err = looked_up(serde_json::json!({"error": {
+            "code": 503, "err_code": 10008,
+            "description": "JetStream system temporarily unavailable"}}));
+        assert!(
+            matches!(
+                &err,
+                PublishError::Unavailable {
+                    why: Unavailability::NotReady(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("temporarily unavailable"));
+    }
+
+    #[test]
+    fn a_lookup_nobody_answers_is_unavailable() {
+        for kind in [RequestErrorKind::TimedOut, RequestErrorKind::NoResponders] {
+            let err = PublishError::from_lookup(SUBJECT, Err(RequestError::new(kind)));
+            assert!(
+                matches!(
+                    &err,
+                    PublishError::Unavailable {
+                        why: Unavailability::NotAnswered(_),
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.is_retryable());
+            let source = std::error::Error::source(&err).expect("the cause is kept");
+            assert!(source.to_string().contains("JetStream did not answer"));
+        }
+    }
+
+    #[test]
+    fn a_lookup_refused_for_good_is_not_retried() {
+        let err = looked_up(serde_json::json!({"error": {
+            "code": 503, "err_code": 10039,
+            "description": "JetStream not enabled for account"}}));
+        assert!(matches!(err, PublishError::Refused { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn no_acknowledgement_is_unavailable_with_its_cause() {
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxAckPending,
+        ] {
+            let err = answered(NatsPublishError::new(kind));
+            assert!(
+                matches!(
+                    &err,
+                    PublishError::Unavailable {
+                        why: Unavailability::NotConfirmed(_),
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.is_retryable());
+            assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    #[test]
+    fn server_answers_are_classified_by_code() {
+        let with = |code, text| {
+            answered(NatsPublishError::with_source(
+                PublishErrorKind::Other,
+                server_error(code, text),
+            ))
+        };
+        for transient in [10008, 10009, 10118] {
+            let err = with(transient, "not now");
+            assert!(err.is_retryable(), "{transient}: {err:?}");
+        }
+        let full = with(10077, "maximum messages exceeded");
+        assert!(matches!(full, PublishError::StreamFull { .. }), "{full:?}");
+        assert!(!full.is_retryable());
+        let refused = with(10071, "wrong last sequence");
+        assert!(matches!(refused, PublishError::Refused { .. }), "{refused:?}");
+        assert!(!refused.is_retryable());
+        let too_large = answered(NatsPublishError::new(PublishErrorKind::MaxPayloadExceeded));
+        assert!(matches!(too_large, PublishError::TooLarge { size: 10 }));
+    }
 }

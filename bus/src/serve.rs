@@ -25,7 +25,8 @@ pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Runs `agent` with `handler` as configured by its flags, environment and settings file,
-/// until SIGINT or SIGTERM.
+/// until SIGINT or SIGTERM. `about` says what the agent does: the first line of its `--help`
+/// (the crate's `description`, `env!("CARGO_PKG_DESCRIPTION")`, is meant for it).
 ///
 /// It takes the declaration as built, so an invalid one exits 64 like any other bad
 /// configuration, without every agent's `main` handling it.
@@ -33,11 +34,16 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 /// ```no_run
 /// # async fn demo() -> std::process::ExitCode {
 /// let agent = choreo_bus::Agent::builder("echo").subscribes("echo.requested").build();
-/// choreo_bus::serve(agent, choreo_bus::handler_fn(|_event| async { Ok(vec![]) })).await
+/// let handler = choreo_bus::handler_fn(|_event| async { Ok(vec![]) });
+/// choreo_bus::serve(agent, "Echoes nothing back.", handler).await
 /// # }
 /// ```
-pub async fn serve<H: Handler>(agent: Result<Agent, ValidationError>, handler: H) -> ExitCode {
-    serve_with(agent, |_: NoSettings, _| async { Ok(handler) }).await
+pub async fn serve<H: Handler>(
+    agent: Result<Agent, ValidationError>,
+    about: &str,
+    handler: H,
+) -> ExitCode {
+    serve_with(agent, about, |_: NoSettings, _| async { Ok(handler) }).await
 }
 
 /// What building an agent's handler may need besides its settings: the connection (to read
@@ -47,6 +53,12 @@ pub struct ServeContext {
     pub client: async_nats::Client,
     pub namespace: Namespace,
     pub agent: AgentName,
+    /// Cancelled on SIGINT or SIGTERM: tasks the handler starts (a deadline watch, say) stop
+    /// with the agent.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// How long one handling may run (`--handler-timeout`): what the handler's own timeouts
+    /// and retries must fit in.
+    pub handler_timeout: std::time::Duration,
 }
 
 /// An agent with settings of its own: [`serve`], with `S`'s flags (and their environment
@@ -62,7 +74,7 @@ pub struct ServeContext {
 ///     word: String,
 /// }
 /// let agent = choreo_bus::Agent::builder("greeter").subscribes("person.arrived").build();
-/// choreo_bus::serve::serve_with(agent, |greeting: Greeting, _context| async move {
+/// choreo_bus::serve::serve_with(agent, "Greets.", |greeting: Greeting, _context| async move {
 ///     if greeting.word.is_empty() {
 ///         return Err(choreo_bus::ValidationError::new("word", "must not be empty"));
 ///     }
@@ -71,7 +83,11 @@ pub struct ServeContext {
 /// .await
 /// # }
 /// ```
-pub async fn serve_with<S, H, F, Fut>(agent: Result<Agent, ValidationError>, build: F) -> ExitCode
+pub async fn serve_with<S, H, F, Fut>(
+    agent: Result<Agent, ValidationError>,
+    about: &str,
+    build: F,
+) -> ExitCode
 where
     S: clap::Args + FromArgMatches,
     H: Handler,
@@ -89,7 +105,7 @@ where
         eprintln!("{}: {err}", agent.name());
         return ExitCode::from(EXIT_CONFIG);
     }
-    let (config, own_settings) = match settings_from_args::<S>(&agent) {
+    let (config, own_settings) = match settings_from_args::<S>(&agent, about) {
         Ok(settings) => settings,
         Err(exit) => return exit,
     };
@@ -97,7 +113,7 @@ where
     let nats = match NatsConfig::from_env() {
         // Containers may start before NATS: keep trying rather than exit.
         Ok(nats) => nats
-            .client_name(agent.name().as_str())
+            .default_client_name(agent.name().as_str())
             .initial_connect(InitialConnect::Retry),
         Err(err) => return config_error(&agent, &err),
     };
@@ -105,10 +121,20 @@ where
         Ok(client) => client,
         Err(err) => return config_error(&agent, &err),
     };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            crate::shutdown::signal().await;
+            shutdown.cancel();
+        }
+    });
     let context = ServeContext {
         client: client.clone(),
         namespace: config.namespace.clone(),
         agent: agent.name().clone(),
+        shutdown: shutdown.clone(),
+        handler_timeout: config.handler_timeout,
     };
     let handler = match build(own_settings, context).await {
         Ok(handler) => handler,
@@ -117,7 +143,7 @@ where
     let name = agent.name().clone();
     match Runtime::new(client, agent, handler)
         .config(config)
-        .run(crate::shutdown::signal())
+        .run(shutdown.cancelled_owned())
         .await
     {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,10 +173,9 @@ fn config_error(agent: &Agent, err: &dyn std::fmt::Display) -> ExitCode {
 /// `--help`, 64 for a bad setting.
 fn settings_from_args<S: clap::Args + FromArgMatches>(
     agent: &Agent,
+    about: &str,
 ) -> Result<(RuntimeConfig, S), ExitCode> {
-    let command =
-        S::augment_args(AgentSettings::command().name(format!("choreo-{}", agent.name())));
-    let (settings, own) = command
+    let (settings, own) = command::<S>(agent, about)
         .try_get_matches()
         .and_then(|matches| {
             Ok((
@@ -169,4 +194,40 @@ fn settings_from_args<S: clap::Args + FromArgMatches>(
         .and_then(|settings| settings.runtime_config())
         .map_err(|err| config_error(agent, &err))?;
     Ok((config, own))
+}
+
+/// The agent's command line: the runtime's flags and `S`'s, under the binary's name, opening
+/// with what the agent does.
+fn command<S: clap::Args>(agent: &Agent, about: &str) -> clap::Command {
+    // Set after `S`'s flags: clap takes `S`'s doc comment as the command's about otherwise.
+    S::augment_args(AgentSettings::command().name(format!("choreo-{}", agent.name())))
+        .about(about.to_string())
+        .long_about(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_opens_with_what_the_agent_does() {
+        let agent = Agent::builder("echo")
+            .subscribes("echo.requested")
+            .build()
+            .expect("valid");
+        // Own settings whose doc comment clap would otherwise take as the about.
+        /// The echo's settings.
+        #[derive(clap::Args)]
+        struct Echo {}
+        let mut command = command::<Echo>(&agent, "Echoes what it is sent.");
+        for help in [command.render_help(), command.render_long_help()] {
+            let help = help.to_string();
+            assert_eq!(
+                help.lines().next(),
+                Some("Echoes what it is sent."),
+                "{help}"
+            );
+        }
+        assert_eq!(command.get_name(), "choreo-echo");
+    }
 }

@@ -23,8 +23,7 @@ use crate::runtime::{HandlerErrorKind, RuntimeConfig};
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     about = "A choreo agent: handles its events from NATS JetStream until SIGINT or SIGTERM.",
-    after_help = "Connection: NATS_URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, \
-                  NATS_CREDS, NATS_CA/NATS_CERT/NATS_KEY. Logs: CHOREO_LOG_FORMAT=human|json, RUST_LOG."
+    after_help = crate::connect::env_help()
 )]
 pub struct AgentSettings {
     /// A TOML file of settings, keyed like the flags (e.g. `max-depth = 12`).
@@ -41,9 +40,19 @@ pub struct AgentSettings {
     /// Deliveries of a failing event before it is dead-lettered [default: 5].
     #[arg(long, env = "CHOREO_MAX_DELIVERIES")]
     pub max_deliveries: Option<u64>,
-    /// How long the server waits for an ack before redelivering [default: 30s].
+    /// How long a process may be silent before the server takes it for dead and redelivers
+    /// what it held; a running handler keeps its event's lease, however long it runs
+    /// [default: 30s].
     #[arg(long, env = "CHOREO_ACK_WAIT", value_name = "DURATION")]
     pub ack_wait: Option<HumanDuration>,
+    /// How long one handling may run before it is cancelled and counted as a failed attempt
+    /// (dead letter `handler_timeout` after the last) [default: 10m].
+    #[arg(long, env = "CHOREO_HANDLER_TIMEOUT", value_name = "DURATION")]
+    pub handler_timeout: Option<HumanDuration>,
+    /// On SIGTERM, how long running handlers get to finish before they are cancelled and their
+    /// events handed back to another copy [default: 30s].
+    #[arg(long, env = "CHOREO_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<HumanDuration>,
 
     /// Hops from the root past which children are not published [default: 32].
     #[arg(long, env = "CHOREO_MAX_DEPTH", value_name = "N|off")]
@@ -92,8 +101,8 @@ pub struct AgentSettings {
     /// Probe calls let through when half-open; all must pass to close [default: 1].
     #[arg(long, env = "CHOREO_BREAKER_PROBES", value_name = "N")]
     pub breaker_probes: Option<u32>,
-    /// Handler error kinds the breaker does not count: retryable, permanent, unavailable
-    /// [default: permanent].
+    /// Handler error kinds the breaker does not count: retryable, permanent, unavailable,
+    /// over_budget [default: permanent,over_budget].
     #[arg(
         long,
         env = "CHOREO_BREAKER_IGNORE",
@@ -136,6 +145,8 @@ impl AgentSettings {
             concurrency: self.concurrency.or(under.concurrency),
             max_deliveries: self.max_deliveries.or(under.max_deliveries),
             ack_wait: self.ack_wait.or(under.ack_wait),
+            handler_timeout: self.handler_timeout.or(under.handler_timeout),
+            shutdown_grace: self.shutdown_grace.or(under.shutdown_grace),
             max_depth: self.max_depth.or(under.max_depth),
             max_visits: self.max_visits.or(under.max_visits),
             max_events: self.max_events.or(under.max_events),
@@ -172,6 +183,12 @@ impl AgentSettings {
         }
         if let Some(wait) = self.ack_wait {
             config.ack_wait = wait.0;
+        }
+        if let Some(timeout) = self.handler_timeout {
+            config.handler_timeout = timeout.0;
+        }
+        if let Some(grace) = self.shutdown_grace {
+            config.shutdown_grace = grace.0;
         }
         let guards = &mut config.guards;
         if let Some(limit) = self.max_depth {
@@ -532,6 +549,15 @@ mod tests {
         );
         let rate = parse(&["--breaker-failure-rate", "2"]).expect("parses");
         assert!(rate.runtime_config().is_err());
+    }
+
+    #[test]
+    fn the_help_lists_the_variables_the_connection_reads() {
+        use clap::CommandFactory;
+        let help = AgentSettings::command().render_long_help().to_string();
+        for var in crate::connect::NATS_ENV {
+            assert!(help.contains(var.name), "{} missing from\n{help}", var.name);
+        }
     }
 
     #[test]

@@ -323,7 +323,8 @@ async fn a_handler_failing_twice_is_redelivered_with_backoff_and_handled_once() 
 
 /// A server where user `noack` may do everything but acknowledge: its runtime publishes children
 /// and believes it acked, but the server never hears it, exactly as if the process had died
-/// between publishing and acking.
+/// between publishing and acking. User `halfway` cannot acknowledge either, nor publish
+/// `out.second`: it dies, in effect, after publishing some of an input's children.
 const NO_ACK_ACCOUNTS: &str = r#"
 accounts: {
   APP: {
@@ -331,6 +332,7 @@ accounts: {
     users: [
       { user: "agent", password: "agent" }
       { user: "noack", password: "noack", permissions: { publish: { deny: ["$JS.ACK.>"] } } }
+      { user: "halfway", password: "halfway", permissions: { publish: { deny: ["$JS.ACK.>", "events.*.out.second"] } } }
     ]
   }
 }
@@ -344,80 +346,313 @@ fn user(name: &str) -> NatsConfig {
     }
 }
 
-#[tokio::test]
-async fn a_runtime_lost_before_acking_leaves_one_copy_of_each_child() -> anyhow::Result<()> {
-    const INPUTS: usize = 5;
+async fn server_with_users() -> anyhow::Result<Bus> {
     let config_dir = tempfile::tempdir()?;
     let config_file = config_dir.path().join("accounts.conf");
     std::fs::write(&config_file, NO_ACK_ACCOUNTS)?;
     let server =
         NatsServer::start_with_args(["-c".to_string(), config_file.display().to_string()]).await?;
-    let bus = Bus::on(server, user("agent")).await?;
+    Bus::on(server, user("agent")).await
+}
 
-    let two_children = || {
-        handler_fn(|event: Incoming| async move {
+/// An agent that turns each `in.put` into an `out.put` and an `out.second`.
+fn splitter() -> Agent {
+    Agent::builder("fragile")
+        .subscribes("in.put")
+        .emits("out.put")
+        .emits("out.second")
+        .build()
+        .unwrap()
+}
+
+/// A splitter handler that counts its runs per input delivery.
+fn counted_split(runs: &Log<(String, u64)>) -> impl choreo_bus::Handler + use<> {
+    let runs = runs.clone();
+    handler_fn(move |event: Incoming| {
+        runs.lock()
+            .unwrap()
+            .push((event.id.clone(), event.delivery));
+        async move {
             let one = relay_child(&event)?.remove(0);
-            Ok(vec![one.clone(), one.attribute("copy", "2")])
-        })
-    };
+            let second = Emit::new(event_type("out.second"), one.content_type.clone(), one.data.clone());
+            Ok(vec![one, second])
+        }
+    })
+}
+
+async fn wait_until_drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
+    let stream = bus.jetstream.get_stream("EVENTS").await?;
+    wait_until("the consumer has nothing pending or unacknowledged", || async {
+        let info = stream.consumer_info(consumer).await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_redelivery_whose_children_are_all_stored_is_acked_without_running_the_handler()
+-> anyhow::Result<()> {
+    const INPUTS: usize = 5;
+    let bus = server_with_users().await?;
+    let first_runs: Log<(String, u64)> = log();
     let lost = bus
-        .run_as(
-            user("noack"),
-            relay("fragile"),
-            two_children(),
-            quick_config(),
-        )
+        .run_as(user("noack"), splitter(), counted_split(&first_runs), quick_config())
         .await?;
     for n in 0..INPUTS {
         bus.publish("in.put", json!(n), None).await?;
     }
     wait_until("the lost runtime stored every child", || async {
-        Ok(bus.events("events.*.out.put").await?.len() == INPUTS * 2)
+        Ok(bus.events("events.*.out.>").await?.len() == INPUTS * 2)
     })
     .await?;
     lost.kill();
 
-    let redelivered: Log<u64> = log();
-    let seen = redelivered.clone();
+    let survivor_runs: Log<(String, u64)> = log();
     let survivor = bus
-        .run_as(
-            user("agent"),
-            relay("fragile"),
-            handler_fn(move |event: Incoming| {
-                seen.lock().unwrap().push(event.delivery);
-                async move {
-                    let one = relay_child(&event)?.remove(0);
-                    Ok(vec![one.clone(), one.attribute("copy", "2")])
-                }
-            }),
-            quick_config(),
-        )
+        .run_as(user("agent"), splitter(), counted_split(&survivor_runs), quick_config())
         .await?;
-    let stream = bus.jetstream.get_stream("EVENTS").await?;
-    wait_until("the survivor handled and acked every input", || async {
-        let info = stream.consumer_info("fragile").await?;
-        Ok(redelivered.lock().unwrap().len() >= INPUTS
-            && info.num_pending == 0
-            && info.num_ack_pending == 0)
-    })
-    .await?;
+    wait_until_drained(&bus, "fragile").await?;
     survivor.stop().await?;
 
     assert!(
-        redelivered
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|&delivery| delivery >= 2)
+        survivor_runs.lock().unwrap().is_empty(),
+        "the handler ran again for inputs already handled: {:?}",
+        survivor_runs.lock().unwrap()
     );
-    let children = bus.events("events.*.out.put").await?;
+    let first: HashSet<_> = first_runs.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(first.len(), INPUTS);
+    assert_eq!(bus.events("events.*.out.>").await?.len(), INPUTS * 2);
+    assert!(bus.dead_letters().await?.is_empty(), "a completed handling is no crash loop");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivery_with_some_children_stored_runs_again_and_stores_each_child_once()
+-> anyhow::Result<()> {
+    const INPUTS: usize = 3;
+    let bus = server_with_users().await?;
+    let first_runs: Log<(String, u64)> = log();
+    let lost = bus
+        .run_as(user("halfway"), splitter(), counted_split(&first_runs), quick_config())
+        .await?;
+    for n in 0..INPUTS {
+        bus.publish("in.put", json!(n), None).await?;
+    }
+    wait_until("the lost runtime stored the first child of each input", || async {
+        Ok(bus.events("events.*.out.put").await?.len() == INPUTS)
+    })
+    .await?;
+    lost.kill();
+
+    let survivor_runs: Log<(String, u64)> = log();
+    let survivor = bus
+        .run_as(user("agent"), splitter(), counted_split(&survivor_runs), quick_config())
+        .await?;
+    wait_until_drained(&bus, "fragile").await?;
+    survivor.stop().await?;
+
+    let ran_again: HashSet<_> = survivor_runs.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ran_again.len(), INPUTS, "every half-handled input ran again");
+    assert!(survivor_runs.lock().unwrap().iter().all(|&(_, delivery)| delivery >= 2));
+    let children = bus.events("events.*.out.>").await?;
     let ids: HashSet<_> = children.iter().map(|c| c.id.clone()).collect();
-    assert_eq!(
-        children.len(),
-        INPUTS * 2,
-        "redelivery stored extra children"
-    );
+    assert_eq!(children.len(), INPUTS * 2, "a child was stored twice, or is missing");
     assert_eq!(ids.len(), INPUTS * 2);
+    Ok(())
+}
+
+/// Runs `copies` copies of an agent whose handler takes three times the ack wait, over
+/// `events` events, and returns how often the handler ran for each event.
+async fn slow_handler_runs(copies: usize, events: usize) -> anyhow::Result<HashMap<String, usize>> {
+    let bus = Bus::start().await?;
+    let config = RuntimeConfig {
+        ack_wait: Duration::from_secs(1),
+        ..quick_config()
+    };
+    let runs: Log<String> = log();
+    let mut running = Vec::new();
+    for _ in 0..copies {
+        let runs = runs.clone();
+        let handler = handler_fn(move |event: Incoming| {
+            runs.lock().unwrap().push(event.id.clone());
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                relay_child(&event)
+            }
+        });
+        running.push(bus.run(relay("deliberate"), handler, config.clone()).await?);
+    }
+    for n in 0..events {
+        bus.publish("in.put", json!(n), Some(&format!("run-{n}"))).await?;
+    }
+    wait_until("every event is handled", || async {
+        Ok(bus.events("events.*.out.put").await?.len() == events)
+    })
+    .await?;
+    wait_until_drained(&bus, "deliberate").await?;
+    for agent in running {
+        agent.stop().await?;
+    }
+    assert!(bus.dead_letters().await?.is_empty());
+    let mut counts = HashMap::new();
+    for id in runs.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), events);
+    Ok(counts)
+}
+
+#[tokio::test]
+async fn a_handler_three_times_the_ack_wait_runs_exactly_once() -> anyhow::Result<()> {
+    let runs = slow_handler_runs(1, 4).await?;
+    assert!(runs.values().all(|&n| n == 1), "runs per event: {runs:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handler_three_times_the_ack_wait_runs_exactly_once_across_two_copies()
+-> anyhow::Result<()> {
+    let runs = slow_handler_runs(2, 6).await?;
+    assert!(runs.values().all(|&n| n == 1), "runs per event: {runs:?}");
+    Ok(())
+}
+
+/// An HTTP server that accepts requests and never answers; it counts the requests it was
+/// sent and those whose client closed the connection.
+async fn silent_http_server() -> anyhow::Result<(String, Arc<Mutex<(usize, usize)>>)> {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/slow", listener.local_addr()?);
+    let seen = Arc::new(Mutex::new((0usize, 0usize)));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match connection.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                counts.lock().unwrap().0 += 1;
+                // Never answer; a read of 0 bytes is the client closing the connection.
+                loop {
+                    match connection.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                counts.lock().unwrap().1 += 1;
+            });
+        }
+    });
+    Ok((url, seen))
+}
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_is_cancelled_retried_then_dead_lettered() -> anyhow::Result<()>
+{
+    let bus = Bus::start().await?;
+    let (url, requests) = silent_http_server().await?;
+    let config = RuntimeConfig {
+        handler_timeout: Duration::from_secs(1),
+        max_deliveries: 2,
+        ..quick_config()
+    };
+    let http = reqwest::Client::new();
+    let agent = bus
+        .run(
+            relay("impatient"),
+            handler_fn(move |event: Incoming| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url).send().await.map_err(HandlerError::retryable)?;
+                    relay_child(&event)
+                }
+            }),
+            config,
+        )
+        .await?;
+    let sent = bus.publish("in.put", json!("wait for me"), Some("run-slow")).await?;
+    wait_until("the event is dead-lettered", || async {
+        Ok(!bus.dead_letters().await?.is_empty())
+    })
+    .await?;
+    wait_until("the server saw both requests closed", || async {
+        Ok(*requests.lock().unwrap() == (2, 2))
+    })
+    .await?;
+    agent.stop().await?;
+
+    let letter = bus.dead_letters().await?.remove(0);
+    assert_eq!(letter.reason, "handler_timeout");
+    assert!(letter.error.contains("timeout of 1s"), "{}", letter.error);
+    let original = bus.raw("EVENTS", "events.run-slow.in.put").await?.remove(0);
+    assert_eq!(letter.original, original.payload.to_vec(), "the original bytes, untouched");
+    assert_eq!(choreo_bus::envelope::decode(original.payload)?.id, sent.id);
+    assert!(bus.events("events.run-slow.out.put").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_cancels_a_long_handler_after_the_grace_and_another_copy_handles_it_once()
+-> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    // A redelivery after ack_wait would come long after the test's patience: only a hand-back
+    // can bring the event to the second copy in time.
+    let config = RuntimeConfig {
+        ack_wait: Duration::from_secs(600),
+        shutdown_grace: Duration::from_millis(500),
+        ..quick_config()
+    };
+    let started: Log<String> = log();
+    let seen = started.clone();
+    let mut first = bus
+        .run(
+            relay("handover"),
+            handler_fn(move |event: Incoming| {
+                seen.lock().unwrap().push(event.id.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    relay_child(&event)
+                }
+            }),
+            config.clone(),
+        )
+        .await?;
+    let sent = bus.publish("in.put", json!("long"), Some("run-handover")).await?;
+    wait_until("the first copy started the handler", || async {
+        Ok(!started.lock().unwrap().is_empty())
+    })
+    .await?;
+    first.request_stop();
+    first.stop().await?;
+
+    let finished: Log<(String, u64)> = log();
+    let done = finished.clone();
+    let second = bus
+        .run(
+            relay("handover"),
+            handler_fn(move |event: Incoming| {
+                done.lock().unwrap().push((event.id.clone(), event.delivery));
+                async move { relay_child(&event) }
+            }),
+            config,
+        )
+        .await?;
+    wait_until("the second copy handled the event", || async {
+        Ok(bus.events("events.run-handover.out.put").await?.len() == 1)
+    })
+    .await?;
+    wait_until_drained(&bus, "handover").await?;
+    second.stop().await?;
+
+    assert_eq!(*finished.lock().unwrap(), vec![(sent.id.clone(), 2)]);
+    assert_eq!(bus.events("events.run-handover.out.put").await?.len(), 1);
+    assert!(bus.dead_letters().await?.is_empty());
     Ok(())
 }
 

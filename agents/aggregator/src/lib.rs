@@ -55,12 +55,20 @@ pub async fn build(
         ));
     }
     let jetstream = async_nats::jetstream::new(context.client);
-    tokio::spawn(keep_watching(
+    let watching = keep_watching(
         jetstream.clone(),
         context.namespace.clone(),
         context.agent,
         deadline,
-    ));
+    );
+    let shutdown = context.shutdown;
+    tokio::spawn(async move {
+        // The watch ends with the agent, not in the middle of the drain after it.
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = watching => {}
+        }
+    });
     Ok(Aggregator {
         projector: Projector::new(jetstream, context.namespace),
     })
@@ -91,6 +99,9 @@ async fn keep_watching(
     }
 }
 
+/// How long an event waits when the run's log cannot be read (a NATS election, a lost node).
+const UNREADABLE_WAIT: Duration = Duration::from_secs(2);
+
 /// The join's handler.
 #[derive(Debug, Clone)]
 pub struct Aggregator {
@@ -106,7 +117,15 @@ impl choreo_bus::Handler for Aggregator {
             .projector
             .fold_run::<ReviewJoin>(&event.correlation_id)
             .await
-            .map_err(|err| HandlerError::retryable(format!("cannot read the run: {err}")))?;
+            .map_err(|err| {
+                let error = format!("cannot read the run: {err}");
+                if err.is_retryable() {
+                    // NATS is electing or a node is lost: wait, without spending a delivery.
+                    HandlerError::unavailable(error, UNREADABLE_WAIT)
+                } else {
+                    HandlerError::retryable(error)
+                }
+            })?;
         emits_for(&join.state)
     }
 }

@@ -147,6 +147,11 @@ pub enum HandlerError {
         error: String,
         retry_after: std::time::Duration,
     },
+    /// What the handling would spend does not fit in what the run has left (a model call's
+    /// `max_tokens` over the run's remaining tokens): dead-lettered `budget_exhausted` at once,
+    /// with nothing spent.
+    #[error("{0}")]
+    OverBudget(String),
 }
 
 /// The kinds of [`HandlerError`], e.g. for the errors a breaker does not count.
@@ -155,13 +160,15 @@ pub enum HandlerErrorKind {
     Retryable,
     Permanent,
     Unavailable,
+    OverBudget,
 }
 
 impl HandlerErrorKind {
-    pub const ALL: [HandlerErrorKind; 3] = [
+    pub const ALL: [HandlerErrorKind; 4] = [
         HandlerErrorKind::Retryable,
         HandlerErrorKind::Permanent,
         HandlerErrorKind::Unavailable,
+        HandlerErrorKind::OverBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -169,6 +176,7 @@ impl HandlerErrorKind {
             HandlerErrorKind::Retryable => "retryable",
             HandlerErrorKind::Permanent => "permanent",
             HandlerErrorKind::Unavailable => "unavailable",
+            HandlerErrorKind::OverBudget => "over_budget",
         }
     }
 }
@@ -188,7 +196,7 @@ impl std::str::FromStr for HandlerErrorKind {
             .ok_or_else(|| {
                 ValidationError::new(
                     "error kind",
-                    format!("{text:?} is not one of retryable, permanent, unavailable"),
+                    format!("{text:?} is not one of retryable, permanent, unavailable, over_budget"),
                 )
             })
     }
@@ -215,11 +223,12 @@ impl HandlerError {
             HandlerError::Retryable(_) => HandlerErrorKind::Retryable,
             HandlerError::Permanent(_) => HandlerErrorKind::Permanent,
             HandlerError::Unavailable { .. } => HandlerErrorKind::Unavailable,
+            HandlerError::OverBudget(_) => HandlerErrorKind::OverBudget,
         }
     }
 
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, HandlerError::Permanent(_))
+        !matches!(self, HandlerError::Permanent(_) | HandlerError::OverBudget(_))
     }
 }
 

@@ -17,15 +17,21 @@ pub struct RuntimeConfig {
     pub max_deliveries: u64,
     /// Delay before a failed event is redelivered. Default 1 s doubling to 60 s.
     pub backoff: Backoff,
-    /// How long the server waits for an ack before redelivering (a crashed agent's events come
-    /// back after this). Default 30 s.
+    /// How long a silent process keeps the events it holds: a crashed agent's events come back
+    /// after this. The runtime renews the lease of every event it holds (in-progress acks)
+    /// while it works on it, so this does not bound how long a handler may run. Default 30 s.
     pub ack_wait: Duration,
-    /// Events requested from the server per pull. Default 256.
+    /// How long one handling may run; past it the handler is cancelled (its future dropped, so
+    /// a call in flight is aborted) and the delivery counts as a failed attempt. Default
+    /// 10 minutes: room for the LLM brain's default 4 calls of up to 60 s each and their waits.
+    pub handler_timeout: Duration,
+    /// Events fetched ahead of the free workers, so a worker that finishes finds the next event
+    /// in hand. Kept small: what one copy holds, another copy cannot take. Default 16.
     pub batch: usize,
     /// Unacknowledged events the server lets all copies of this agent hold at once. Default 1024.
     pub max_ack_pending: i64,
-    /// On shutdown, how long events in hand get to finish before the process exits anyway
-    /// (what is unfinished is redelivered after `ack_wait`). Default 30 s.
+    /// On shutdown, how long running handlers get to finish; then they are cancelled and their
+    /// events handed back at once, for another copy. Default 30 s.
     pub shutdown_grace: Duration,
     /// Storm control: depth, cycle and budget limits, rate limits and the handler's breaker.
     pub guards: GuardsConfig,
@@ -39,7 +45,8 @@ impl Default for RuntimeConfig {
             max_deliveries: 5,
             backoff: Backoff::default(),
             ack_wait: Duration::from_secs(30),
-            batch: 256,
+            handler_timeout: Duration::from_secs(600),
+            batch: 16,
             max_ack_pending: 1024,
             shutdown_grace: Duration::from_secs(30),
             guards: GuardsConfig::default(),
@@ -69,6 +76,12 @@ impl RuntimeConfig {
             return Err(ValidationError::new(
                 "ack_wait",
                 "must be at least 1 second",
+            ));
+        }
+        if self.handler_timeout.is_zero() {
+            return Err(ValidationError::new(
+                "handler_timeout",
+                "must be above zero",
             ));
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {

@@ -60,8 +60,8 @@ struct FilterArgs {
     /// Only this run's.
     #[arg(long)]
     correlation: Option<String>,
-    /// Only this reason: handler_failed, handler_rejected, decode_failed, depth_exceeded,
-    /// budget_exhausted, cycle_detected.
+    /// Only this reason: handler_failed, handler_rejected, handler_timeout, decode_failed,
+    /// depth_exceeded, budget_exhausted, cycle_detected.
     #[arg(long, value_parser = reason)]
     reason: Option<DeadLetterReason>,
 }

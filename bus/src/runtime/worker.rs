@@ -1,0 +1,318 @@
+//! The worker: what happens to one delivery between its arrival and its settling. Decode, skip
+//! what needs no handling (a redrive for another agent, a redelivery already handled), the
+//! guards before the handler, the handler itself (under its timeout, cancelled at the end of a
+//! shutdown's grace, panics caught), and the guards and publishing of its children. Each step
+//! ends in an [`Outcome`]; `settle.rs` carries out its fate.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use choreo_proto::v1::Event;
+use futures::FutureExt;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original, REDRIVE_FOR};
+use crate::envelope::{self, Emit, stamp_child};
+use crate::guard::{BreakerState, BudgetError, CircuitBreaker, Guards, Stop};
+use crate::publish::{PublishError, Publisher};
+
+use super::agent::{Agent, Handler, HandlerError, Incoming};
+use super::config::RuntimeConfig;
+use super::deferrals::Deferrals;
+use super::fate::Outcome;
+use super::handled;
+use super::lease::{Lease, Leases};
+
+/// How long to wait before trying again when NATS cannot take a publish or a read (a leader
+/// election, a lost node): long enough not to spin, short against an election's seconds.
+pub(super) const NATS_UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// A delivery in hand, with its lease.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub message: jetstream::Message,
+    pub lease: Option<Lease>,
+}
+
+impl Held {
+    /// A delivery just received: its lease starts now.
+    pub fn arrived(message: jetstream::Message, leases: &Leases) -> Held {
+        let lease = message.reply.clone().map(|reply| leases.hold(reply));
+        Held { message, lease }
+    }
+}
+
+/// Where a delivery stands: which attempt it is, and where it is in the stream.
+#[derive(Debug, Clone)]
+pub(super) struct Facts {
+    pub stream: String,
+    pub stream_sequence: u64,
+    /// Deliveries as the server counts them.
+    pub delivered: u64,
+    /// Deliveries that were real attempts (not deferred on an outage).
+    pub attempts: u64,
+}
+
+/// Everything a worker needs to handle one event. Shared by every worker task of a process.
+pub(crate) struct Worker<H> {
+    pub agent: Agent,
+    pub handler: H,
+    pub config: RuntimeConfig,
+    pub jetstream: jetstream::Context,
+    pub publisher: Publisher,
+    pub dead_letters: DeadLetterWriter,
+    pub guards: Guards,
+    pub deferrals: Deferrals,
+    pub leases: Leases,
+    /// Set at shutdown: start nothing new.
+    pub stopping: Arc<AtomicBool>,
+    /// Cancelled when the shutdown grace runs out: running handlers are dropped.
+    pub cancel: CancellationToken,
+}
+
+impl<H: Handler> Worker<H> {
+    pub async fn work(&self, held: Held) {
+        let Held { message, lease } = held;
+        let facts = match message.info() {
+            Ok(info) => {
+                let stream_sequence = info.stream_sequence;
+                let delivered = u64::try_from(info.delivered).unwrap_or(1);
+                Facts {
+                    stream: info.stream.to_string(),
+                    stream_sequence,
+                    delivered,
+                    attempts: self.deferrals.attempts(stream_sequence, delivered),
+                }
+            }
+            Err(err) => {
+                error!(agent = %self.agent.name(), error = %err, "message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        let original = Original {
+            subject: message.subject.as_str(),
+            payload: &message.payload,
+            stream: &facts.stream,
+            stream_sequence: facts.stream_sequence,
+            delivery_count: facts.delivered,
+            event: None,
+        };
+        if self.stopping.load(Ordering::SeqCst) {
+            // Fetched before shutdown but not started: give it back rather than start new work.
+            return self
+                .settle(&message, lease, original, &facts, Outcome::Unstarted)
+                .await;
+        }
+        if let Some(target) = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(REDRIVE_FOR))
+            && target.as_str() != self.agent.name().as_str()
+        {
+            debug!(agent = %self.agent.name(), redrive_for = target.as_str(), "redrive for another agent; skipped");
+            return self
+                .settle(&message, lease, original, &facts, Outcome::RedriveForAnother)
+                .await;
+        }
+        let event = match envelope::decode(message.payload.clone()) {
+            Ok(event) => event,
+            Err(err) => {
+                let outcome = Outcome::Undecodable(err.to_string());
+                return self.settle(&message, lease, original, &facts, outcome).await;
+            }
+        };
+        let span = info_span!(
+            "handle",
+            agent = %self.agent.name(),
+            event_id = %event.id,
+            event_type = %event.r#type,
+            correlation_id = %event.correlation_id,
+            causation_id = %event.causation_id,
+            depth = event.depth,
+            delivery = facts.delivered,
+        );
+        async {
+            let outcome = self.handle(&event, &facts).await;
+            let original = Original {
+                event: Some(&event),
+                ..original
+            };
+            self.settle(&message, lease, original, &facts, outcome).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Everything from the checks before the handler to its answer.
+    async fn handle(&self, event: &Event, facts: &Facts) -> Outcome {
+        if facts.delivered > 1 {
+            match handled::children_stored(
+                &self.jetstream,
+                &self.config.namespace,
+                &self.agent,
+                event,
+                facts.stream_sequence,
+            )
+            .await
+            {
+                Ok(true) => {
+                    debug!("redelivered, but every child of its handling is stored");
+                    return Outcome::AlreadyHandled;
+                }
+                Ok(false) => {}
+                // Not knowing, running the handler could pay twice: wait for the log instead.
+                Err(err) => {
+                    warn!(error = %err, "cannot check the log for an earlier handling; waiting");
+                    return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+                }
+            }
+        }
+        // Delivered more often than allowed and never completed: the agent keeps dying on it.
+        if facts.attempts > self.config.max_deliveries {
+            return Outcome::CrashLoop {
+                attempts: facts.attempts,
+            };
+        }
+        if let Some(cycle) = &self.guards.cycle
+            && let Err(stop) = cycle.check(self.agent.name(), event)
+        {
+            return Outcome::Stopped(stop);
+        }
+        if let Some(limiter) = &self.guards.handle_rate {
+            limiter.acquire().await;
+        }
+        let permit = match self.guards.breaker.as_ref().map(CircuitBreaker::try_acquire) {
+            // Refused without calling: not a failure, so it costs no attempt.
+            Some(Err(open)) => return Outcome::Unavailable(open.retry_in),
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
+        let incoming = Incoming {
+            event: event.clone(),
+            delivery: facts.delivered,
+            stream_sequence: facts.stream_sequence,
+        };
+        let handling = AssertUnwindSafe(self.handler.handle(&incoming)).catch_unwind();
+        let result = tokio::select! {
+            // Dropping the handler's future aborts what it has in flight (an HTTP call).
+            () = self.cancel.cancelled() => {
+                if let Some(permit) = permit {
+                    permit.ignore();
+                }
+                return Outcome::Unstarted;
+            }
+            answered = tokio::time::timeout(self.config.handler_timeout, handling) => match answered {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(HandlerError::Retryable(panic_message(&panic))),
+                Err(_elapsed) => {
+                    warn!(timeout = ?self.config.handler_timeout, "handler timed out; cancelled");
+                    if let Some(permit) = permit {
+                        permit.failure();
+                    }
+                    return Outcome::TimedOut(self.config.handler_timeout);
+                }
+            },
+        };
+        let probed = permit.as_ref().is_some_and(|permit| permit.is_probe());
+        if let Some(permit) = permit {
+            match &result {
+                Ok(_) => permit.success(),
+                Err(err) if self.guards.breaker_ignores.contains(&err.kind()) => permit.ignore(),
+                Err(_) => permit.failure(),
+            }
+        }
+        if let Err(err) = &result {
+            warn!(error = %err, kind = %err.kind(), "handler failed");
+        }
+        let breaker_wait = match (&result, &self.guards.breaker) {
+            (Err(_), Some(breaker)) if !probed && breaker.state() != BreakerState::Closed => {
+                Some(breaker.open_remaining())
+            }
+            _ => None,
+        };
+        Outcome::Handled {
+            result,
+            breaker_wait,
+        }
+    }
+
+    /// Runs the publishing guards, then stamps and publishes children, waiting until the
+    /// stream has stored every one.
+    pub(super) async fn publish_children(&self, parent: &Event, emits: Vec<Emit>) -> Outcome {
+        if emits.is_empty() {
+            return Outcome::Published;
+        }
+        if let Some(depth) = &self.guards.depth
+            && let Err(stop) = depth.check_children(parent)
+        {
+            return Outcome::Stopped(stop);
+        }
+        if let Some(budget) = &self.guards.budget {
+            let events = u64::try_from(emits.len()).unwrap_or(u64::MAX);
+            let tokens = emits.iter().map(|e| e.tokens_used).sum();
+            match budget.charge(&parent.correlation_id, events, tokens).await {
+                Ok(()) => {}
+                Err(err @ BudgetError::Exhausted { .. }) => {
+                    return Outcome::Stopped(Stop {
+                        reason: DeadLetterReason::BudgetExhausted,
+                        detail: err.to_string(),
+                    });
+                }
+                Err(err @ BudgetError::Unavailable { .. }) => {
+                    warn!(error = %err, "budget counter unavailable; waiting");
+                    return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+                }
+            }
+        }
+        for emit in &emits {
+            if let Some(limiter) = self.guards.publish_rates.get(&emit.event_type) {
+                limiter.acquire().await;
+            }
+        }
+        let emitted = emits.len();
+        let children: Vec<_> = emits
+            .into_iter()
+            .enumerate()
+            .map(|(index, emit)| stamp_child(parent, self.agent.name(), index, emit))
+            .collect();
+        match self.send_children(&children, emitted).await {
+            Ok(()) => {
+                debug!(children = emitted, "handled");
+                Outcome::Published
+            }
+            Err(err) if err.is_retryable() => {
+                warn!(error = %err, "NATS could not store the children yet; waiting");
+                Outcome::Unavailable(NATS_UNAVAILABLE_WAIT)
+            }
+            Err(err) => {
+                warn!(error = %err, "could not publish children");
+                Outcome::PublishFailed(err.to_string())
+            }
+        }
+    }
+
+    async fn send_children(&self, children: &[Event], emitted: usize) -> Result<(), PublishError> {
+        let mut pending = Vec::with_capacity(children.len());
+        for child in children {
+            pending.push(self.publisher.send_child(child, emitted).await?);
+        }
+        for confirmed in join_all(pending.into_iter().map(|p| p.confirmed())).await {
+            confirmed?;
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_string());
+    format!("handler panicked: {text}")
+}
