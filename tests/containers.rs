@@ -461,6 +461,12 @@ fn every_environment_variable_the_code_or_compose_reads_is_in_the_readme_table()
             variables.extend(read_by_code.captures_iter(line).map(|c| c[1].to_string()));
         }
     }
+    // The connection's variables are read by name from one table rather than by `var("…")`.
+    variables.extend(
+        choreo_bus::connect::NATS_ENV
+            .iter()
+            .map(|var| var.name.to_string()),
+    );
     for service in compose().services.values() {
         variables.extend(service.environment.keys().cloned());
     }

@@ -9,10 +9,17 @@
 //! default a server that is not there is an error at once ([`InitialConnect::Fail`]), which is
 //! what a CLI wants; agents in containers that may start before NATS choose
 //! [`InitialConnect::Retry`].
+//!
+//! # Secrets
+//!
+//! Passwords, tokens and nkey seeds are [`SecretString`]s, so a configuration can be logged
+//! with `{:?}`: they print as `[REDACTED]`.
 
-use std::fmt;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 
 /// What to do when the first connection attempt fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,14 +41,14 @@ pub enum InitialConnect {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct NatsConfig {
     /// One or more server URLs, comma-separated in `NATS_URL`.
     pub servers: Vec<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
-    pub nkey_seed: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
+    pub nkey_seed: Option<SecretString>,
     pub creds_file: Option<PathBuf>,
     /// CA certificate(s) to trust for the server's TLS certificate.
     pub tls_ca: Option<PathBuf>,
@@ -59,6 +66,149 @@ pub struct NatsConfig {
 /// The server URL used when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
+/// An environment variable [`NatsConfig::from_env`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct NatsVar {
+    pub name: &'static str,
+    /// What it holds, for `--help`.
+    pub meaning: &'static str,
+    /// What applies when it is unset, for `--help`.
+    pub default: Option<&'static str>,
+    /// Puts a value (never empty) into the configuration.
+    apply: fn(&mut NatsConfig, String) -> Result<(), ConnectError>,
+}
+
+/// Every variable [`NatsConfig::from_env`] reads, in the order `--help` lists them. This is the
+/// one list: `from_env` reads by it and [`env_help`] renders it, so no help names a variable
+/// that nothing reads.
+pub const NATS_ENV: [NatsVar; 11] = [
+    NatsVar {
+        name: "NATS_URL",
+        meaning: "server URL(s), comma-separated",
+        default: Some(DEFAULT_URL),
+        apply: |config, value| {
+            config.servers = parse_servers(&value);
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_USER",
+        meaning: "user name, with NATS_PASSWORD",
+        default: None,
+        apply: |config, value| {
+            config.user = Some(value);
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_PASSWORD",
+        meaning: "password, with NATS_USER",
+        default: None,
+        apply: |config, value| {
+            config.password = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_TOKEN",
+        meaning: "authentication token",
+        default: None,
+        apply: |config, value| {
+            config.token = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_NKEY_SEED",
+        meaning: "nkey seed",
+        default: None,
+        apply: |config, value| {
+            config.nkey_seed = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_CREDS",
+        meaning: "credentials file (JWT and nkey seed)",
+        default: None,
+        apply: |config, value| {
+            config.creds_file = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_TLS_CA",
+        meaning: "CA certificate(s) to trust for the server's certificate",
+        default: None,
+        apply: |config, value| {
+            config.tls_ca = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_TLS_CERT",
+        meaning: "client certificate for mutual TLS, with NATS_TLS_KEY",
+        default: None,
+        apply: |config, value| {
+            config.tls_cert = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_TLS_KEY",
+        meaning: "the client certificate's key",
+        default: None,
+        apply: |config, value| {
+            config.tls_key = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_REQUIRE_TLS",
+        meaning: "true to refuse a plain connection",
+        default: Some("false"),
+        apply: |config, value| {
+            config.require_tls = match value.as_str() {
+                "false" | "0" => false,
+                "true" | "1" => true,
+                other => {
+                    return Err(ConnectError::Config(format!(
+                        "NATS_REQUIRE_TLS={other:?}: use true or false"
+                    )));
+                }
+            };
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_CLIENT_NAME",
+        meaning: "name in the server's connection list",
+        default: Some("the process's name"),
+        apply: |config, value| {
+            config.client_name = Some(value);
+            Ok(())
+        },
+    },
+];
+
+/// What a choreo process reads from the environment besides its flags, for the end of its
+/// `--help`: the connection ([`NATS_ENV`]) and the logs ([`crate::telemetry`]).
+pub fn env_help() -> String {
+    let width = NATS_ENV.iter().map(|var| var.name.len()).max().unwrap_or(0);
+    let mut help = String::from("Connection (environment):\n");
+    for var in &NATS_ENV {
+        // Writing to a String cannot fail.
+        let _ = write!(help, "  {:width$}  {}", var.name, var.meaning);
+        if let Some(default) = var.default {
+            let _ = write!(help, " [default: {default}]");
+        }
+        help.push('\n');
+    }
+    help.push('\n');
+    help.push_str(crate::telemetry::ENV_HELP);
+    help
+}
+
 /// Server URLs written as one comma-separated list, as in `NATS_URL`.
 pub fn parse_servers(list: &str) -> Vec<String> {
     list.split(',')
@@ -75,41 +225,31 @@ impl NatsConfig {
         }
     }
 
-    /// Reads `NATS_URL` (comma-separated; default `nats://127.0.0.1:4222`), `NATS_USER`,
-    /// `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY_SEED`, `NATS_CREDS`, `NATS_TLS_CA`,
-    /// `NATS_TLS_CERT`, `NATS_TLS_KEY`, `NATS_REQUIRE_TLS` (`true`/`false`) and
-    /// `NATS_CLIENT_NAME`.
+    /// Reads the variables of [`NATS_ENV`] (`NATS_URL`, credentials, TLS); an empty one counts
+    /// as unset.
     pub fn from_env() -> Result<Self, ConnectError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let servers = parse_servers(&var("NATS_URL").unwrap_or_else(|| DEFAULT_URL.to_string()));
-        let require_tls = match var("NATS_REQUIRE_TLS").as_deref() {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") => true,
-            Some(other) => {
-                return Err(ConnectError::Config(format!(
-                    "NATS_REQUIRE_TLS={other:?}: use true or false"
-                )));
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`NatsConfig::from_env`] with the variables looked up by `var`.
+    pub fn from_vars(mut var: impl FnMut(&str) -> Option<String>) -> Result<Self, ConnectError> {
+        let mut config = NatsConfig::new(DEFAULT_URL);
+        for entry in &NATS_ENV {
+            if let Some(value) = var(entry.name).filter(|value| !value.is_empty()) {
+                (entry.apply)(&mut config, value)?;
             }
-        };
-        Ok(NatsConfig {
-            servers,
-            user: var("NATS_USER"),
-            password: var("NATS_PASSWORD"),
-            token: var("NATS_TOKEN"),
-            nkey_seed: var("NATS_NKEY_SEED"),
-            creds_file: var("NATS_CREDS").map(PathBuf::from),
-            tls_ca: var("NATS_TLS_CA").map(PathBuf::from),
-            tls_cert: var("NATS_TLS_CERT").map(PathBuf::from),
-            tls_key: var("NATS_TLS_KEY").map(PathBuf::from),
-            require_tls,
-            client_name: var("NATS_CLIENT_NAME"),
-            initial_connect: InitialConnect::Fail,
-            connect_timeout: None,
-        })
+        }
+        Ok(config)
     }
 
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
+        self
+    }
+
+    /// Names the connection `name` unless a name is set already (by `NATS_CLIENT_NAME`).
+    pub fn default_client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name.get_or_insert_with(|| name.into());
         self
     }
 
@@ -128,17 +268,17 @@ impl NatsConfig {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(5)));
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            options = options.user_and_password(user.clone(), password.clone());
+            options = options.user_and_password(user.clone(), password.expose_secret().into());
         } else if self.user.is_some() || self.password.is_some() {
             return Err(ConnectError::Config(
                 "NATS user and password go together: set both or neither".into(),
             ));
         }
         if let Some(token) = &self.token {
-            options = options.token(token.clone());
+            options = options.token(token.expose_secret().into());
         }
         if let Some(seed) = &self.nkey_seed {
-            options = options.nkey(seed.clone());
+            options = options.nkey(seed.expose_secret().into());
         }
         if let Some(path) = &self.creds_file {
             options = options.credentials_file(path).await.map_err(|err| {
@@ -192,29 +332,6 @@ impl NatsConfig {
     }
 }
 
-/// Secrets are shown as `<redacted>`, so configs can be logged.
-impl fmt::Debug for NatsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn redact<T>(secret: &Option<T>) -> Option<&'static str> {
-            secret.as_ref().map(|_| "<redacted>")
-        }
-        f.debug_struct("NatsConfig")
-            .field("servers", &self.servers)
-            .field("user", &self.user)
-            .field("password", &redact(&self.password))
-            .field("token", &redact(&self.token))
-            .field("nkey_seed", &redact(&self.nkey_seed))
-            .field("creds_file", &self.creds_file)
-            .field("tls_ca", &self.tls_ca)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("require_tls", &self.require_tls)
-            .field("client_name", &self.client_name)
-            .field("initial_connect", &self.initial_connect)
-            .finish()
-    }
-}
-
 /// Why there is no connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -252,6 +369,78 @@ mod tests {
         for secret in ["hunter2", "tok-secret", "SUAseed"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    /// The `NATS_*` names a help text mentions.
+    fn nats_names(help: &str) -> std::collections::BTreeSet<String> {
+        help.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .filter(|word| word.starts_with("NATS_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_help_names_exactly_the_variables_from_env_reads() {
+        let mut read = std::collections::BTreeSet::new();
+        NatsConfig::from_vars(|name| {
+            read.insert(name.to_string());
+            None
+        })
+        .expect("nothing set is valid");
+        let help = env_help();
+        assert_eq!(nats_names(&help), read, "{help}");
+        for retired in ["NATS_NKEY", "NATS_CA", "NATS_CERT", "NATS_KEY"] {
+            assert!(!read.contains(retired));
+        }
+        assert!(help.contains("CHOREO_LOG_FORMAT"), "{help}");
+    }
+
+    #[test]
+    fn variables_fill_the_config_and_unset_ones_keep_the_defaults() {
+        let vars = [
+            ("NATS_URL", "nats://a:4222, nats://b:4222"),
+            ("NATS_USER", "alice"),
+            ("NATS_PASSWORD", "hunter2"),
+            ("NATS_TLS_CERT", "client.pem"),
+            ("NATS_REQUIRE_TLS", "true"),
+            ("NATS_TOKEN", ""),
+        ];
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        };
+        let config = NatsConfig::from_vars(lookup).expect("valid");
+        assert_eq!(config.servers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(config.user.as_deref(), Some("alice"));
+        assert_eq!(
+            config.password.as_ref().map(|p| p.expose_secret()),
+            Some("hunter2")
+        );
+        assert_eq!(config.tls_cert, Some(PathBuf::from("client.pem")));
+        assert!(config.require_tls);
+        assert!(config.token.is_none(), "empty counts as unset");
+
+        let defaults = NatsConfig::from_vars(|_| None).expect("valid");
+        assert_eq!(defaults.servers, [DEFAULT_URL]);
+        assert!(!defaults.require_tls);
+
+        let err =
+            NatsConfig::from_vars(|name| (name == "NATS_REQUIRE_TLS").then(|| "maybe".to_string()))
+                .expect_err("not a boolean");
+        assert!(err.to_string().contains("NATS_REQUIRE_TLS"), "{err}");
+    }
+
+    #[test]
+    fn a_name_from_the_environment_wins_over_the_process_default() {
+        let named = NatsConfig::from_vars(|name| {
+            (name == "NATS_CLIENT_NAME").then(|| "edge-7".to_string())
+        })
+        .expect("valid")
+        .default_client_name("choreo-triage");
+        assert_eq!(named.client_name.as_deref(), Some("edge-7"));
+        let unnamed = NatsConfig::new(DEFAULT_URL).default_client_name("choreo-triage");
+        assert_eq!(unnamed.client_name.as_deref(), Some("choreo-triage"));
     }
 
     #[tokio::test]

@@ -9,6 +9,10 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// The variables above, for the end of a binary's `--help`.
+pub const ENV_HELP: &str = "Logs (environment): CHOREO_LOG_FORMAT=human|json [default: human], \
+                            RUST_LOG=FILTER [default: info]";
+
 /// `CHOREO_LOG_FORMAT` held something other than `human` or `json`.
 #[derive(Debug, thiserror::Error)]
 #[error("CHOREO_LOG_FORMAT={0:?}: use human or json")]

@@ -9,5 +9,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     use choreo_agent_editor::{agent, build};
-    choreo_bus::serve::serve_with(agent(), build).await
+    choreo_bus::serve::serve_with(agent(), env!("CARGO_PKG_DESCRIPTION"), build).await
 }

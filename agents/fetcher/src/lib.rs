@@ -25,6 +25,7 @@ use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
 use choreo_review::Diff;
 use choreo_review::events::{PULL_REQUEST_CHANGED, PullRequestChanged, REQUESTED, ReviewRequested};
 use choreo_review::{emit_json, outbound};
+use secrecy::{ExposeSecret, SecretString};
 
 pub fn agent() -> Result<Agent, ValidationError> {
     Agent::builder("fetcher")
@@ -37,11 +38,11 @@ pub fn agent() -> Result<Agent, ValidationError> {
 pub const GITHUB_HOSTS: &str = "github.com,api.github.com,patch-diff.githubusercontent.com";
 
 /// The fetcher's own settings.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Token sent as `Authorization: Bearer` with each fetch; needed for private repositories.
     #[arg(long, env = "CHOREO_GITHUB_TOKEN", hide_env_values = true)]
-    pub github_token: Option<String>,
+    pub github_token: Option<SecretString>,
     /// Time allowed for one fetch, connection included.
     #[arg(long, env = "CHOREO_FETCH_TIMEOUT", default_value = "10s")]
     pub fetch_timeout: HumanDuration,
@@ -61,26 +62,11 @@ pub struct Settings {
     pub fetch_breaker_open_for: HumanDuration,
 }
 
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field(
-                "github_token",
-                &self.github_token.as_ref().map(|_| "<hidden>"),
-            )
-            .field("fetch_timeout", &self.fetch_timeout)
-            .field("fetch_max_bytes", &self.fetch_max_bytes)
-            .field("fetch_allow_hosts", &self.fetch_allow_hosts)
-            .field("fetch_breaker_open_for", &self.fetch_breaker_open_for)
-            .finish()
-    }
-}
-
 /// The fetcher's handler.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
-    token: Option<String>,
+    token: Option<SecretString>,
     max_bytes: u64,
     allowed: AllowedHosts,
     breaker: CircuitBreaker,
@@ -181,7 +167,7 @@ impl Fetcher {
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/vnd.github.diff");
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose_secret());
         }
         let response = outbound::send(
             &self.breaker,
@@ -304,15 +290,18 @@ mod tests {
         format!("http://{address}")
     }
 
-    fn fetcher(max_bytes: u64) -> Fetcher {
-        Fetcher::new(&Settings {
+    fn fetcher_settings(max_bytes: u64) -> Settings {
+        Settings {
             github_token: None,
             fetch_timeout: HumanDuration(Duration::from_secs(5)),
             fetch_max_bytes: max_bytes,
             fetch_allow_hosts: vec!["127.0.0.1".into()],
             fetch_breaker_open_for: HumanDuration(Duration::from_secs(30)),
-        })
-        .expect("valid settings")
+        }
+    }
+
+    fn fetcher(max_bytes: u64) -> Fetcher {
+        Fetcher::new(&fetcher_settings(max_bytes)).expect("valid settings")
     }
 
     fn announced(diff_url: String) -> Incoming {
@@ -333,6 +322,19 @@ mod tests {
 
     async fn refusal(fetcher: &Fetcher, url: String) -> HandlerError {
         fetcher.handle(&announced(url)).await.expect_err("refused")
+    }
+
+    #[test]
+    fn neither_the_settings_nor_the_fetcher_show_the_token() {
+        let settings = Settings {
+            github_token: Some("ghp_fetch_secret".into()),
+            ..fetcher_settings(1024)
+        };
+        let fetcher = Fetcher::new(&settings).expect("valid settings");
+        for shown in [format!("{settings:?}"), format!("{fetcher:?}")] {
+            assert!(shown.contains("REDACTED"), "{shown}");
+            assert!(!shown.contains("ghp_fetch_secret"), "{shown}");
+        }
     }
 
     #[tokio::test]

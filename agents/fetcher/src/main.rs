@@ -8,8 +8,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    choreo_bus::serve::serve_with(choreo_agent_fetcher::agent(), |settings, _| async move {
-        choreo_agent_fetcher::Fetcher::new(&settings)
-    })
+    let about = env!("CARGO_PKG_DESCRIPTION");
+    choreo_bus::serve::serve_with(
+        choreo_agent_fetcher::agent(),
+        about,
+        |settings, _| async move { choreo_agent_fetcher::Fetcher::new(&settings) },
+    )
     .await
 }

@@ -18,6 +18,7 @@ use choreo_bus::settings::HumanDuration;
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
 use choreo_review::events::{APPROVED, DELIVERED, ReviewApproved, ReviewDelivered};
 use choreo_review::{Report, emit_json, outbound};
+use secrecy::{ExposeSecret, SecretString};
 
 pub fn agent() -> Result<Agent, ValidationError> {
     Agent::builder("notifier")
@@ -27,7 +28,7 @@ pub fn agent() -> Result<Agent, ValidationError> {
 }
 
 /// The notifier's own settings.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Where to POST approved reports. `{repository}` and `{number}` are replaced from the
     /// change (its repository, and the last number in its URL), e.g.
@@ -36,7 +37,7 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// Bearer token for the webhook (a GitHub token for the comments API).
     #[arg(long, env = "CHOREO_WEBHOOK_TOKEN", hide_env_values = true)]
-    pub webhook_token: Option<String>,
+    pub webhook_token: Option<SecretString>,
     /// Time allowed for one post.
     #[arg(long, env = "CHOREO_WEBHOOK_TIMEOUT", default_value = "10s")]
     pub webhook_timeout: HumanDuration,
@@ -46,21 +47,6 @@ pub struct Settings {
     /// Where reports are written when there is no webhook.
     #[arg(long, env = "CHOREO_REPORTS_DIR", default_value = ".choreo/reports")]
     pub reports_dir: PathBuf,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("webhook_url", &self.webhook_url)
-            .field(
-                "webhook_token",
-                &self.webhook_token.as_ref().map(|_| "<hidden>"),
-            )
-            .field("webhook_timeout", &self.webhook_timeout)
-            .field("webhook_breaker_open_for", &self.webhook_breaker_open_for)
-            .field("reports_dir", &self.reports_dir)
-            .finish()
-    }
 }
 
 /// Where reports go.
@@ -75,7 +61,7 @@ pub enum Target {
 pub struct Webhook {
     http: reqwest::Client,
     url: String,
-    token: Option<String>,
+    token: Option<SecretString>,
     breaker: CircuitBreaker,
 }
 
@@ -169,7 +155,7 @@ impl Webhook {
             .header("Idempotency-Key", &event.id)
             .json(&body);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose_secret());
         }
         let response = outbound::send(
             &self.breaker,
@@ -276,9 +262,18 @@ mod tests {
             url,
             "https://api.github.com/repos/acme/shop/issues/42/comments"
         );
-        let dir = PathBuf::from("unused");
-        let err = Notifier::new(&settings(Some("ftp://x"), dir.clone())).expect_err("ftp");
+        let err =
+            Notifier::new(&settings(Some("ftp://x"), PathBuf::from("unused"))).expect_err("ftp");
         assert_eq!(err.field, "webhook-url");
-        assert!(!format!("{:?}", settings(None, dir)).contains("ghp_secret"));
+    }
+
+    #[test]
+    fn neither_the_settings_nor_the_webhook_show_the_token() {
+        let settings = settings(Some("https://hooks.example/x"), PathBuf::from("unused"));
+        let notifier = Notifier::new(&settings).expect("valid");
+        for shown in [format!("{settings:?}"), format!("{notifier:?}")] {
+            assert!(shown.contains("REDACTED"), "{shown}");
+            assert!(!shown.contains("ghp_secret"), "{shown}");
+        }
     }
 }

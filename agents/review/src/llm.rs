@@ -15,6 +15,7 @@ use std::time::Duration;
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BreakerConfig, CircuitBreaker, Permit};
 use choreo_bus::settings::HumanDuration;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::brain::{Review, Task};
@@ -29,7 +30,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The LLM settings every specialist takes. With no URL the specialist uses its rules.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LlmSettings {
     /// Base URL of an OpenAI-compatible API (e.g. https://api.openai.com/v1); unset means the
     /// deterministic rules.
@@ -40,28 +41,13 @@ pub struct LlmSettings {
     pub llm_model: String,
     /// Bearer key for the endpoint.
     #[arg(long, env = "CHOREO_LLM_API_KEY", hide_env_values = true)]
-    pub llm_api_key: Option<String>,
+    pub llm_api_key: Option<SecretString>,
     /// Time allowed for one call.
     #[arg(long, env = "CHOREO_LLM_TIMEOUT", default_value = "60s")]
     pub llm_timeout: HumanDuration,
     /// Calls per review before the event is handed back for a later redelivery.
     #[arg(long, env = "CHOREO_LLM_ATTEMPTS", default_value_t = 4)]
     pub llm_attempts: u32,
-}
-
-impl std::fmt::Debug for LlmSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlmSettings")
-            .field("llm_url", &self.llm_url)
-            .field("llm_model", &self.llm_model)
-            .field(
-                "llm_api_key",
-                &self.llm_api_key.as_ref().map(|_| "<hidden>"),
-            )
-            .field("llm_timeout", &self.llm_timeout)
-            .field("llm_attempts", &self.llm_attempts)
-            .finish()
-    }
 }
 
 /// Why a model gave no usable review.
@@ -97,7 +83,7 @@ pub struct LlmBrain {
     http: reqwest::Client,
     endpoint: String,
     model: String,
-    api_key: Option<String>,
+    api_key: Option<SecretString>,
     attempts: u32,
     breaker: CircuitBreaker,
 }
@@ -196,7 +182,7 @@ impl LlmBrain {
     ) -> Result<Answer, Attempt> {
         let mut call = self.http.post(&self.endpoint).json(request);
         if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
+            call = call.bearer_auth(key.expose_secret());
         }
         let response = match call.send().await {
             Ok(response) => response,
@@ -491,8 +477,17 @@ mod tests {
         assert!(!format!("{settings:?}").contains("sk-secret"));
         let none = LlmSettings {
             llm_url: None,
-            ..settings
+            ..settings.clone()
         };
         assert!(LlmBrain::from_settings(&none).expect("valid").is_none());
+        let brain = LlmBrain::from_settings(&LlmSettings {
+            llm_url: Some("https://llm.example/v1".into()),
+            ..settings
+        })
+        .expect("valid")
+        .expect("a URL makes a brain");
+        let shown = format!("{brain:?}");
+        assert!(shown.contains("llm.example"), "{shown}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
     }
 }

@@ -29,9 +29,9 @@ pub fn agent<S: Specialty>() -> Result<Agent, ValidationError> {
 }
 
 /// The whole `main` of a specialist: its LLM settings decide its brain (the rules unless
-/// `CHOREO_LLM_URL` is set).
-pub async fn serve<S: Specialty>(rules: S) -> ExitCode {
-    choreo_bus::serve::serve_with(agent::<S>(), |llm: LlmSettings, _| async move {
+/// `CHOREO_LLM_URL` is set). `about` opens its `--help`.
+pub async fn serve<S: Specialty>(rules: S, about: &str) -> ExitCode {
+    choreo_bus::serve::serve_with(agent::<S>(), about, |llm: LlmSettings, _| async move {
         let brain = match LlmBrain::from_settings(&llm)? {
             Some(model) => Brain::Llm(model),
             None => Brain::Rules(rules),

@@ -8,5 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    choreo_review::specialist::serve(choreo_agent_style::Style).await
+    let about = env!("CARGO_PKG_DESCRIPTION");
+    choreo_review::specialist::serve(choreo_agent_style::Style, about).await
 }

@@ -8,5 +8,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    choreo_bus::serve(choreo_agent_triage::agent(), choreo_agent_triage::Handler).await
+    let about = env!("CARGO_PKG_DESCRIPTION");
+    choreo_bus::serve(
+        choreo_agent_triage::agent(),
+        about,
+        choreo_agent_triage::Handler,
+    )
+    .await
 }

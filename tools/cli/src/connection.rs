@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use async_nats::jetstream;
 use choreo_bus::{Namespace, NatsConfig};
+use secrecy::SecretString;
 
 use crate::Failure;
 
@@ -21,13 +22,13 @@ pub struct Connection {
     #[arg(long, env = "NATS_USER", global = true)]
     pub user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Authentication token.
     #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Nkey seed.
     #[arg(long, env = "NATS_NKEY_SEED", global = true, hide_env_values = true)]
-    pub nkey_seed: Option<String>,
+    pub nkey_seed: Option<SecretString>,
     /// CA certificate to trust for the server's TLS certificate.
     #[arg(long, env = "NATS_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
@@ -43,14 +44,18 @@ impl Connection {
 
     /// Connects, failing at once (exit 69, naming the URL) when the server is not there.
     pub async fn jetstream(&self) -> Result<jetstream::Context, Failure> {
-        let mut config = NatsConfig::new(self.nats_url.clone()).client_name("choreo-cli");
+        // Every `NATS_*` variable an agent reads works here too (client certificates, say);
+        // the flags win over it.
+        let mut config = NatsConfig::from_env()
+            .map_err(Failure::usage)?
+            .default_client_name("choreo-cli");
         config.servers = choreo_bus::connect::parse_servers(&self.nats_url);
-        config.creds_file = self.creds.clone();
-        config.user = self.user.clone();
-        config.password = self.password.clone();
-        config.token = self.token.clone();
-        config.nkey_seed = self.nkey_seed.clone();
-        config.tls_ca = self.tls_ca.clone();
+        config.creds_file = self.creds.clone().or(config.creds_file);
+        config.user = self.user.clone().or(config.user);
+        config.password = self.password.clone().or(config.password);
+        config.token = self.token.clone().or(config.token);
+        config.nkey_seed = self.nkey_seed.clone().or(config.nkey_seed);
+        config.tls_ca = self.tls_ca.clone().or(config.tls_ca);
         config.connect_timeout = Some(std::time::Duration::from_secs(3));
         let client = config.connect().await.map_err(|err| {
             Failure::unavailable(format!(
@@ -60,5 +65,38 @@ impl Connection {
             ))
         })?;
         Ok(jetstream::new(client))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        connection: Connection,
+    }
+
+    #[test]
+    fn debug_shows_no_password_token_or_seed() {
+        let flags = Flags::try_parse_from([
+            "choreo",
+            "--user",
+            "alice",
+            "--password",
+            "hunter2",
+            "--token",
+            "tok-secret",
+            "--nkey-seed",
+            "SUAseed",
+        ])
+        .expect("valid");
+        let shown = format!("{:?}", flags.connection);
+        assert!(shown.contains("alice"), "{shown}");
+        for secret in ["hunter2", "tok-secret", "SUAseed"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }

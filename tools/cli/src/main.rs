@@ -30,7 +30,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Event-driven choreography of AI agents over NATS JetStream.
 #[derive(Debug, Parser)]
-#[command(name = "choreo", version, about)]
+#[command(
+    name = "choreo",
+    version,
+    about,
+    after_help = choreo_bus::connect::env_help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

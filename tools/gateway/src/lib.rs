@@ -35,6 +35,7 @@ use bytes::Bytes;
 use choreo_bus::guard::{CorrelationBudget, RateLimiter};
 use choreo_bus::{Namespace, Published, Publisher, ValidationError};
 use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::door::Door;
@@ -56,7 +57,7 @@ struct Inner {
     tokens: Tokens,
     /// One per client name, and one for the GitHub webhook.
     limiters: HashMap<String, RateLimiter>,
-    github_secret: Option<Vec<u8>>,
+    github_secret: Option<SecretString>,
     door: Door,
     jetstream: jetstream::Context,
     namespace: Namespace,
@@ -84,6 +85,9 @@ impl Gateway {
             tracing::warn!(
                 "no tokens configured (CHOREO_GATEWAY_TOKENS): POST /v1/events answers 401"
             );
+        } else {
+            // The settings print the tokens as [REDACTED]; their names and types are not secret.
+            tracing::info!(clients = ?tokens, "bearer tokens configured");
         }
         let limit = settings.rate_limit();
         let mut limiters = HashMap::new();
@@ -101,10 +105,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 tokens,
                 limiters,
-                github_secret: settings
-                    .github_webhook_secret
-                    .as_ref()
-                    .map(|secret| secret.as_bytes().to_vec()),
+                github_secret: settings.github_webhook_secret.clone(),
                 door,
                 jetstream,
                 namespace,
@@ -171,7 +172,7 @@ impl Gateway {
         };
         self.pace(GITHUB_LIMITER)?;
         let body = self.read_body(&headers, body).await?;
-        github::verify(secret, &headers, &body)?;
+        github::verify(secret.expose_secret().as_bytes(), &headers, &body)?;
         let event = match github::read(&headers, &body)? {
             github::Delivery::Ping => {
                 return Ok((StatusCode::OK, axum::Json(json!({"pong": true}))).into_response());
@@ -351,4 +352,38 @@ pub async fn serve(
     axum::serve(listener, gateway.router())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[tokio::test]
+    async fn neither_the_settings_nor_the_gateway_show_a_token_or_the_webhook_secret() {
+        const TOKEN: &str = "ci-token-0123456789abcdef";
+        const SECRET: &str = "webhook-secret-for-tests";
+        let tokens = format!("ci={TOKEN}:review.*");
+        let settings = GatewaySettings::try_parse_from([
+            "choreo-gateway",
+            "--tokens",
+            &tokens,
+            "--github-webhook-secret",
+            SECRET,
+        ])
+        .expect("valid");
+        // Nothing listens on port 1; with retries the client is made at once all the same.
+        let client = choreo_bus::NatsConfig::new("nats://127.0.0.1:1")
+            .initial_connect(choreo_bus::InitialConnect::Retry)
+            .connect()
+            .await
+            .expect("a client that keeps trying");
+        let gateway = Gateway::new(client, "nats://127.0.0.1:1".into(), &settings).expect("valid");
+        for shown in [format!("{settings:?}"), format!("{gateway:?}")] {
+            assert!(shown.contains("REDACTED"), "{shown}");
+            for secret in [TOKEN, SECRET] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+    }
 }

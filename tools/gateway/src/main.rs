@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
         // The gateway may start before NATS: it answers 503 (and /readyz says not ready) until
         // the connection is made.
         Ok(nats) => nats
-            .client_name("choreo-gateway")
+            .default_client_name("choreo-gateway")
             .initial_connect(InitialConnect::Retry),
         Err(err) => return config_error(&err),
     };

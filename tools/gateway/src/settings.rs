@@ -9,17 +9,16 @@ use choreo_bus::ValidationError;
 use choreo_bus::guard::{BudgetLimits, Rate, RateLimit};
 use choreo_bus::names::{DEFAULT_NAMESPACE, Namespace};
 use choreo_bus::settings::{HumanDuration, Limit};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::tokens::Tokens;
 
-#[derive(Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "choreo-gateway",
     about = "The choreo HTTP gateway: publishes events, CloudEvents and GitHub webhooks into \
              the choreography.",
-    after_help = "Connection: NATS_URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED, \
-                  NATS_CREDS, NATS_TLS_CA/NATS_TLS_CERT/NATS_TLS_KEY. Logs: \
-                  CHOREO_LOG_FORMAT=human|json, RUST_LOG."
+    after_help = choreo_bus::connect::env_help()
 )]
 pub struct GatewaySettings {
     /// Address to listen on.
@@ -29,15 +28,15 @@ pub struct GatewaySettings {
     /// `NAME=TOKEN:TYPE,TYPE;NAME=TOKEN:*`. A type ending in `.*` allows every type under it;
     /// `*` allows all. Tokens are at least 16 characters.
     //
-    // Kept as text and parsed by `tokens()`, so that a refusal never echoes a token the way
-    // clap echoes a bad value.
+    // Kept as secret text and parsed by `tokens()`, so that a refusal never echoes a token the
+    // way clap echoes a bad value.
     #[arg(
         long,
         env = "CHOREO_GATEWAY_TOKENS",
         hide_env_values = true,
         default_value = ""
     )]
-    pub tokens: String,
+    pub tokens: SecretString,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "CHOREO_GATEWAY_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -52,7 +51,7 @@ pub struct GatewaySettings {
     pub publish_timeout: HumanDuration,
     /// Secret of the GitHub webhook (its X-Hub-Signature-256). Unset: the webhook answers 404.
     #[arg(long, env = "CHOREO_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
-    pub github_webhook_secret: Option<String>,
+    pub github_webhook_secret: Option<SecretString>,
     /// The namespace events are published into.
     #[arg(long, env = "CHOREO_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -72,24 +71,6 @@ pub struct GatewaySettings {
         default_value = "500000"
     )]
     pub max_tokens: Limit,
-}
-
-impl std::fmt::Debug for GatewaySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewaySettings")
-            .field("listen", &self.listen)
-            .field("tokens", &self.tokens())
-            .field("max_body", &self.max_body)
-            .field("rate", &self.rate_limit())
-            .field("publish_timeout", &self.publish_timeout)
-            .field(
-                "github_webhook_secret",
-                &self.github_webhook_secret.as_ref().map(|_| "<hidden>"),
-            )
-            .field("namespace", &self.namespace)
-            .field("budget", &self.budget())
-            .finish()
-    }
 }
 
 impl GatewaySettings {
@@ -113,7 +94,7 @@ impl GatewaySettings {
         if self
             .github_webhook_secret
             .as_ref()
-            .is_some_and(|secret| secret.trim().is_empty())
+            .is_some_and(|secret| secret.expose_secret().trim().is_empty())
         {
             return Err(ValidationError::new(
                 "github-webhook-secret",
@@ -130,7 +111,7 @@ impl GatewaySettings {
 
     /// The configured tokens.
     pub fn tokens(&self) -> Result<Tokens, ValidationError> {
-        self.tokens.parse()
+        self.tokens.expose_secret().parse()
     }
 
     pub fn rate_limit(&self) -> RateLimit {
@@ -149,5 +130,17 @@ impl GatewaySettings {
 
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_help_lists_the_variables_the_connection_reads() {
+        let help = GatewaySettings::command().render_long_help().to_string();
+        assert!(help.contains(&choreo_bus::connect::env_help()), "{help}");
     }
 }
