@@ -468,8 +468,9 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
             ("CHOREO_LLM_URL", &llm_url),
             ("CHOREO_LLM_MODEL", "fake-model"),
             ("CHOREO_LLM_API_KEY", "sk-test"),
-            // One review's 150 tokens fit; a second in the same run does not.
+            // One review's 150 tokens fit; after it, 50 are left, fewer than an answer's 100.
             ("CHOREO_MAX_TOKENS", "200"),
+            ("CHOREO_LLM_MAX_TOKENS", "100"),
         ],
     )?;
 
@@ -517,9 +518,11 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
                 .all(|a| a == "Bearer sk-test")
         );
         assert_eq!(received.bodies[0]["model"], "fake-model");
+        assert_eq!(received.bodies[0]["max_tokens"], 100);
     }
 
-    // A second review in the same run would pass the run's 200 tokens: it is refused.
+    // A second review in the same run might pass the run's 200 tokens: it is refused before
+    // the model is called.
     let revision = RevisionRequested {
         specialist: "security".into(),
         round: 2,
@@ -542,12 +545,123 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
     }
     let dead = &bus.dead_letters().await?[0];
     assert_eq!(dead.reason, "budget_exhausted", "{dead:?}");
-    assert!(dead.error.contains("tokens"), "{}", dead.error);
+    assert!(
+        dead.error.contains("50 tokens left") && dead.error.contains("not called"),
+        "{}",
+        dead.error
+    );
+    assert_eq!(
+        received.lock().unwrap_or_else(|e| e.into_inner()).bodies.len(),
+        3,
+        "nothing was spent on the refused review"
+    );
     assert_eq!(
         of_type(&bus, &run, SPECIALIST_COMPLETED).await?.len(),
         1,
         "the over-budget review was not published"
     );
+    server.abort();
+    team.stop().await;
+    Ok(())
+}
+
+/// What a slow model endpoint was asked and billed.
+#[derive(Debug, Default)]
+struct Billing {
+    calls: usize,
+    billed_tokens: u64,
+}
+
+/// A chat-completions endpoint that takes three seconds per answer and bills 150 tokens.
+async fn slow_chat(State(billing): State<Arc<Mutex<Billing>>>) -> axum::response::Response {
+    billing.lock().unwrap_or_else(|e| e.into_inner()).calls += 1;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    billing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .billed_tokens += 150;
+    Json(serde_json::json!({
+        "id": "chatcmpl-slow",
+        "model": "slow-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": MODEL_ANSWER}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+    }))
+    .into_response()
+}
+
+#[tokio::test]
+async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_count_of_its_tokens_agrees()
+-> anyhow::Result<()> {
+    const REVIEWS: usize = 3;
+    let bus = Bus::start().await?;
+    let billing = Arc::new(Mutex::new(Billing::default()));
+    let router = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(slow_chat))
+        .with_state(billing.clone());
+    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
+    let mut team = Team::new(bus.server.url())?;
+    let llm_url = format!("http://{address}/v1");
+    // Every other setting at its default.
+    team.start(
+        "choreo-security",
+        &[("CHOREO_LLM_URL", &llm_url), ("CHOREO_ACK_WAIT", "1s")],
+    )?;
+
+    let mut runs = Vec::new();
+    for _ in 0..REVIEWS {
+        let plan = ReviewPlanned {
+            request: refunds_request(),
+            specialists: vec!["security".into()],
+            skipped: vec![],
+            files: vec![],
+        };
+        let planned = bus
+            .publish(PLANNED, serde_json::to_value(&plan)?, None)
+            .await?;
+        runs.push(planned.correlation_id);
+    }
+    for run in &runs {
+        wait_for(&bus, &team, run, SPECIALIST_COMPLETED, 1).await?;
+    }
+    let stream = bus.jetstream.get_stream("EVENTS").await?;
+    wait_until("security acknowledged every review", || async {
+        let info = stream.consumer_info("security").await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    })
+    .await?;
+
+    let budget = choreo_bus::guard::CorrelationBudget::new(
+        bus.client.clone(),
+        Default::default(),
+        choreo_bus::guard::BudgetLimits::default(),
+    );
+    let board = choreo_bus::projection::Projector::new(bus.jetstream.clone(), Default::default())
+        .rebuild::<choreo_bus::projection::run_board::RunBoard>(
+            choreo_bus::projection::AsOf::Now,
+            false,
+        )
+        .await?;
+    let mut on_events = 0;
+    for run in &runs {
+        let completions = of_type(&bus, run, SPECIALIST_COMPLETED).await?;
+        assert_eq!(completions.len(), 1, "run {run}");
+        let tokens = completions[0].tokens_used;
+        assert_eq!(tokens, 150, "the events of run {run}");
+        let completed: SpecialistCompleted = json(&completions[0])?;
+        match completed.provenance {
+            Provenance::Llm { calls, .. } => assert_eq!(calls, 1, "run {run}"),
+            other => anyhow::bail!("not an LLM provenance: {other:?}"),
+        }
+        assert_eq!(budget.usage(run).await?.tokens, tokens, "the budget counter of run {run}");
+        let shown = board.state.run(run).map(|run| run.tokens);
+        assert_eq!(shown, Some(tokens), "choreo state's run board for run {run}");
+        on_events += tokens;
+    }
+    let billing = billing.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(billing.calls, REVIEWS, "one call per review\n{}", team.logs());
+    assert_eq!(billing.billed_tokens, on_events, "what the endpoint billed");
+    assert!(bus.dead_letters().await?.is_empty());
+    drop(billing);
     server.abort();
     team.stop().await;
     Ok(())

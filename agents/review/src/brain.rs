@@ -29,6 +29,8 @@ pub struct Task<'a> {
     pub diff: &'a Diff,
     /// `None` in the first round.
     pub revision: Option<Revision<'a>>,
+    /// The run's budget, if the agent has one: a model call is not made when it cannot fit.
+    pub budget: Option<&'a choreo_bus::guard::RunBudget>,
 }
 
 /// What the editor sent back.

@@ -26,6 +26,8 @@ use crate::finding::{Finding, Severity};
 pub const PROMPT_VERSION: &str = "review-prompt-v1";
 /// The longest `Retry-After` honoured inside one handling; longer waits go back to the stream.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a review waits when the run's budget cannot be read (NATS electing a leader).
+const BUDGET_UNREADABLE_WAIT: Duration = Duration::from_secs(2);
 /// The first backoff after a 5xx or a network failure; doubled per attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -48,6 +50,10 @@ pub struct LlmSettings {
     /// Calls per review before the event is handed back for a later redelivery.
     #[arg(long, env = "CHOREO_LLM_ATTEMPTS", default_value_t = 4)]
     pub llm_attempts: u32,
+    /// The most tokens one answer may use (the request's `max_tokens`). No call is made when the
+    /// run has fewer tokens left than this: the review is dead-lettered `budget_exhausted`.
+    #[arg(long, env = "CHOREO_LLM_MAX_TOKENS", default_value_t = 4096)]
+    pub llm_max_tokens: u64,
 }
 
 /// Why a model gave no usable review.
@@ -59,6 +65,20 @@ pub enum LlmError {
     /// Every attempt failed in a way that may pass later.
     #[error("the LLM endpoint failed {attempts} times; last: {last}")]
     Failed { attempts: u32, last: String },
+    /// The run has fewer tokens left than one answer may use: no call was made.
+    #[error(
+        "run {correlation} has {left} tokens left, fewer than one answer may use \
+         ({max_tokens}, CHOREO_LLM_MAX_TOKENS); the model was not called (raise --max-tokens \
+         if the run is meant to spend more)"
+    )]
+    OverBudget {
+        correlation: String,
+        left: u64,
+        max_tokens: u64,
+    },
+    /// The run's budget could not be read, so spending cannot be checked yet.
+    #[error(transparent)]
+    BudgetUnavailable(#[from] choreo_bus::guard::BudgetError),
     /// The endpoint refused the request itself; retrying the same request cannot help.
     #[error(
         "the LLM endpoint refused the request with {status}: {body} \
@@ -73,6 +93,10 @@ impl From<LlmError> for choreo_bus::HandlerError {
             LlmError::Unavailable(open) => open.into(),
             err @ LlmError::Failed { .. } => choreo_bus::HandlerError::retryable(err),
             err @ LlmError::Rejected { .. } => choreo_bus::HandlerError::permanent(err),
+            err @ LlmError::OverBudget { .. } => choreo_bus::HandlerError::OverBudget(err.to_string()),
+            err @ LlmError::BudgetUnavailable(_) => {
+                choreo_bus::HandlerError::unavailable(err, BUDGET_UNREADABLE_WAIT)
+            }
         }
     }
 }
@@ -85,12 +109,18 @@ pub struct LlmBrain {
     model: String,
     api_key: Option<SecretString>,
     attempts: u32,
+    max_tokens: u64,
     breaker: CircuitBreaker,
 }
 
 impl LlmBrain {
-    /// A brain for `settings`, or `None` when no URL is set.
-    pub fn from_settings(settings: &LlmSettings) -> Result<Option<LlmBrain>, ValidationError> {
+    /// A brain for `settings`, or `None` when no URL is set. Its calls, and the waits between
+    /// them, must fit in `handler_timeout` (the runtime cancels a handling past it): settings
+    /// that do not are refused, naming all three.
+    pub fn from_settings(
+        settings: &LlmSettings,
+        handler_timeout: Duration,
+    ) -> Result<Option<LlmBrain>, ValidationError> {
         let Some(url) = &settings.llm_url else {
             return Ok(None);
         };
@@ -105,6 +135,26 @@ impl LlmBrain {
         }
         if settings.llm_attempts == 0 {
             return Err(ValidationError::new("llm-attempts", "must be at least 1"));
+        }
+        if settings.llm_max_tokens == 0 {
+            return Err(ValidationError::new("llm-max-tokens", "must be at least 1"));
+        }
+        let longest = longest_review(settings.llm_timeout.0, settings.llm_attempts);
+        if longest > handler_timeout {
+            return Err(ValidationError::new(
+                "llm-timeout",
+                format!(
+                    "{} attempts of up to {} each, with up to {} between them, take up to {}, \
+                     longer than the handler timeout of {}: the runtime would cancel the \
+                     review mid-call; lower CHOREO_LLM_TIMEOUT or CHOREO_LLM_ATTEMPTS, or \
+                     raise CHOREO_HANDLER_TIMEOUT",
+                    settings.llm_attempts,
+                    humantime::format_duration(settings.llm_timeout.0),
+                    humantime::format_duration(MAX_RETRY_AFTER),
+                    humantime::format_duration(longest),
+                    humantime::format_duration(handler_timeout),
+                ),
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(settings.llm_timeout.0)
@@ -123,6 +173,7 @@ impl LlmBrain {
             model: settings.llm_model.clone(),
             api_key: settings.llm_api_key.clone(),
             attempts: settings.llm_attempts,
+            max_tokens: settings.llm_max_tokens,
             breaker,
         }))
     }
@@ -138,9 +189,20 @@ impl LlmBrain {
         focus: &str,
         task: &Task<'_>,
     ) -> Result<Review, LlmError> {
+        if let Some(budget) = task.budget
+            && let Some(left) = budget.tokens_left().await?
+            && left < self.max_tokens
+        {
+            return Err(LlmError::OverBudget {
+                correlation: budget.correlation().to_string(),
+                left,
+                max_tokens: self.max_tokens,
+            });
+        }
         let request = serde_json::json!({
             "model": self.model,
             "temperature": 0,
+            "max_tokens": self.max_tokens,
             "messages": [
                 { "role": "system", "content": system_prompt(specialist, focus) },
                 { "role": "user", "content": user_prompt(task) },
@@ -165,6 +227,13 @@ impl LlmBrain {
             if attempt < self.attempts {
                 tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
             }
+        }
+        // The calls were paid for although they gave no review: the run's budget says so.
+        if tokens.total > 0
+            && let Some(budget) = task.budget
+            && let Err(err) = budget.charge_spent_tokens(tokens.total).await
+        {
+            tracing::warn!(tokens = tokens.total, "could not charge the tokens of failed calls: {err}");
         }
         Err(LlmError::Failed {
             attempts: self.attempts,
@@ -260,6 +329,12 @@ impl LlmBrain {
             }
         }
     }
+}
+
+/// The longest one review may take: every attempt timing out, and the longest wait between
+/// them.
+fn longest_review(timeout: Duration, attempts: u32) -> Duration {
+    timeout.saturating_mul(attempts) + MAX_RETRY_AFTER.saturating_mul(attempts.saturating_sub(1))
 }
 
 /// How one call failed.
@@ -471,23 +546,46 @@ mod tests {
             llm_api_key: Some("sk-secret".into()),
             llm_timeout: HumanDuration(Duration::from_secs(1)),
             llm_attempts: 2,
+            llm_max_tokens: 100,
         };
-        let err = LlmBrain::from_settings(&settings).expect_err("ftp");
+        let minute = Duration::from_secs(60);
+        let err = LlmBrain::from_settings(&settings, minute).expect_err("ftp");
         assert_eq!(err.field, "llm-url");
         assert!(!format!("{settings:?}").contains("sk-secret"));
         let none = LlmSettings {
             llm_url: None,
             ..settings.clone()
         };
-        assert!(LlmBrain::from_settings(&none).expect("valid").is_none());
+        assert!(LlmBrain::from_settings(&none, minute).expect("valid").is_none());
         let brain = LlmBrain::from_settings(&LlmSettings {
             llm_url: Some("https://llm.example/v1".into()),
             ..settings
-        })
+        }, minute)
         .expect("valid")
         .expect("a URL makes a brain");
         let shown = format!("{brain:?}");
         assert!(shown.contains("llm.example"), "{shown}");
         assert!(!shown.contains("sk-secret"), "{shown}");
+    }
+
+    #[test]
+    fn calls_that_cannot_fit_in_the_handler_timeout_are_refused_naming_the_settings() {
+        let settings = LlmSettings {
+            llm_url: Some("https://llm.example/v1".into()),
+            llm_model: "m".into(),
+            llm_api_key: None,
+            llm_timeout: HumanDuration(Duration::from_secs(60)),
+            llm_attempts: 4,
+            llm_max_tokens: 100,
+        };
+        // 4 × 60 s and 3 waits of up to 30 s: 330 s.
+        assert_eq!(longest_review(Duration::from_secs(60), 4), Duration::from_secs(330));
+        let defaults = Duration::from_secs(600);
+        assert!(LlmBrain::from_settings(&settings, defaults).is_ok(), "the defaults fit");
+        let err = LlmBrain::from_settings(&settings, Duration::from_secs(300)).expect_err("too long");
+        assert_eq!(err.field, "llm-timeout");
+        for named in ["CHOREO_LLM_TIMEOUT", "CHOREO_LLM_ATTEMPTS", "CHOREO_HANDLER_TIMEOUT", "5m 30s"] {
+            assert!(err.reason.contains(named), "{err}");
+        }
     }
 }

@@ -31,8 +31,8 @@ pub fn agent<S: Specialty>() -> Result<Agent, ValidationError> {
 /// The whole `main` of a specialist: its LLM settings decide its brain (the rules unless
 /// `CHOREO_LLM_URL` is set). `about` opens its `--help`.
 pub async fn serve<S: Specialty>(rules: S, about: &str) -> ExitCode {
-    choreo_bus::serve::serve_with(agent::<S>(), about, |llm: LlmSettings, _| async move {
-        let brain = match LlmBrain::from_settings(&llm)? {
+    choreo_bus::serve::serve_with(agent::<S>(), about, |llm: LlmSettings, context| async move {
+        let brain = match LlmBrain::from_settings(&llm, context.handler_timeout)? {
             Some(model) => Brain::Llm(model),
             None => Brain::Rules(rules),
         };
@@ -83,6 +83,7 @@ impl<S: Specialty> Handler for Specialist<S> {
             request,
             diff: &diff,
             revision: revised,
+            budget: event.budget.as_ref(),
         };
         let review = self.brain.review(&task).await?;
         let mut emits = Vec::with_capacity(review.findings.len() + 1);

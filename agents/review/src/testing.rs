@@ -34,6 +34,7 @@ fn delivered(event: Event) -> Incoming {
         event,
         delivery: 1,
         stream_sequence: 1,
+        budget: None,
     }
 }
 

@@ -107,6 +107,45 @@ pub struct BudgetUsage {
     pub tokens: u64,
 }
 
+/// One run's budget, handed to its handlers ([`crate::Incoming::budget`]) so that a handler
+/// about to spend money can first ask what is left.
+#[derive(Debug, Clone)]
+pub struct RunBudget {
+    budget: CorrelationBudget,
+    correlation: String,
+}
+
+impl RunBudget {
+    /// Tokens the run may still spend; `None` when its tokens are not limited.
+    pub async fn tokens_left(&self) -> Result<Option<u64>, BudgetError> {
+        let Some(limit) = self.budget.limits.max_tokens else {
+            return Ok(None);
+        };
+        let used = self
+            .budget
+            .read(&self.correlation, BudgetKind::Tokens)
+            .await?;
+        Ok(Some(limit.saturating_sub(used)))
+    }
+
+    /// Charges tokens a handling spent but will not report on an event (its calls failed):
+    /// the money is spent, so the run's budget counts it.
+    pub async fn charge_spent_tokens(&self, tokens: u64) -> Result<(), BudgetError> {
+        self.budget.charge(&self.correlation, 0, tokens).await
+    }
+
+    pub fn correlation(&self) -> &str {
+        &self.correlation
+    }
+}
+
+/// Two handles on the same run's budget under the same limits are equal.
+impl PartialEq for RunBudget {
+    fn eq(&self, other: &Self) -> bool {
+        self.correlation == other.correlation && self.budget.limits == other.budget.limits
+    }
+}
+
 /// Charges runs' budgets. One per process; clones share the grants.
 #[derive(Debug, Clone)]
 pub struct CorrelationBudget {
@@ -177,6 +216,14 @@ impl CorrelationBudget {
             self.take_events(correlation, events, limit).await?;
         }
         Ok(())
+    }
+
+    /// The budget of one run, as a handler sees it.
+    pub fn for_run(&self, correlation: &str) -> RunBudget {
+        RunBudget {
+            budget: self.clone(),
+            correlation: correlation.to_string(),
+        }
     }
 
     /// What a run has used, as the counters say.

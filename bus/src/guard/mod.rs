@@ -29,7 +29,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub use breaker::{
     BreakerConfig, BreakerError, BreakerOpen, BreakerState, CircuitBreaker, Permit, Transition,
 };
-pub use budget::{BudgetError, BudgetKind, BudgetLimits, BudgetUsage, CorrelationBudget};
+pub use budget::{
+    BudgetError, BudgetKind, BudgetLimits, BudgetUsage, CorrelationBudget, RunBudget,
+};
 pub use cycle::CycleLimit;
 pub use depth::DepthLimit;
 pub use rate::{Rate, RateLimit, RateLimiter};

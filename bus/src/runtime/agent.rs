@@ -108,6 +108,8 @@ pub struct Incoming {
     pub delivery: u64,
     /// The event's sequence in the events stream.
     pub stream_sequence: u64,
+    /// The run's shared budget, when the agent has one: ask it what is left before spending.
+    pub budget: Option<crate::guard::RunBudget>,
 }
 
 impl Incoming {

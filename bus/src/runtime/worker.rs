@@ -31,6 +31,9 @@ use super::lease::{Lease, Leases};
 /// How long to wait before trying again when NATS cannot take a publish or a read (a leader
 /// election, a lost node): long enough not to spin, short against an election's seconds.
 pub(super) const NATS_UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a handled event's children wait in hand for NATS to take them before the event
+/// goes back to the stream: past a leader election (seconds), short of hiding an outage.
+const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A delivery in hand, with its lease.
 #[derive(Debug)]
@@ -196,6 +199,11 @@ impl<H: Handler> Worker<H> {
             event: event.clone(),
             delivery: facts.delivered,
             stream_sequence: facts.stream_sequence,
+            budget: self
+                .guards
+                .budget
+                .as_ref()
+                .map(|budget| budget.for_run(&event.correlation_id)),
         };
         let handling = AssertUnwindSafe(self.handler.handle(&incoming)).catch_unwind();
         let result = tokio::select! {
@@ -252,20 +260,28 @@ impl<H: Handler> Worker<H> {
         {
             return Outcome::Stopped(stop);
         }
+        // NATS unable to answer (an election, a lost node) is waited out here, keeping the
+        // handler's result and the lease: sending the event back would run the handler, and
+        // pay for its model calls, again.
+        let patience = tokio::time::Instant::now() + UNAVAILABLE_PATIENCE;
         if let Some(budget) = &self.guards.budget {
             let events = u64::try_from(emits.len()).unwrap_or(u64::MAX);
             let tokens = emits.iter().map(|e| e.tokens_used).sum();
-            match budget.charge(&parent.correlation_id, events, tokens).await {
-                Ok(()) => {}
-                Err(err @ BudgetError::Exhausted { .. }) => {
-                    return Outcome::Stopped(Stop {
-                        reason: DeadLetterReason::BudgetExhausted,
-                        detail: err.to_string(),
-                    });
-                }
-                Err(err @ BudgetError::Unavailable { .. }) => {
-                    warn!(error = %err, "budget counter unavailable; waiting");
-                    return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+            loop {
+                match budget.charge(&parent.correlation_id, events, tokens).await {
+                    Ok(()) => break,
+                    Err(err @ BudgetError::Exhausted { .. }) => {
+                        return Outcome::Stopped(Stop {
+                            reason: DeadLetterReason::BudgetExhausted,
+                            detail: err.to_string(),
+                        });
+                    }
+                    Err(err @ BudgetError::Unavailable { .. }) => {
+                        warn!(error = %err, "budget counter unavailable; waiting");
+                        if !self.wait_for_nats(patience).await {
+                            return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+                        }
+                    }
                 }
             }
         }
@@ -280,19 +296,36 @@ impl<H: Handler> Worker<H> {
             .enumerate()
             .map(|(index, emit)| stamp_child(parent, self.agent.name(), index, emit))
             .collect();
-        match self.send_children(&children, emitted).await {
-            Ok(()) => {
-                debug!(children = emitted, "handled");
-                Outcome::Published
+        loop {
+            match self.send_children(&children, emitted).await {
+                Ok(()) => {
+                    debug!(children = emitted, "handled");
+                    return Outcome::Published;
+                }
+                // Sending again is safe: the ids are the same, and the stream drops copies.
+                Err(err) if err.is_retryable() => {
+                    warn!(error = %err, "NATS could not store the children yet; waiting");
+                    if !self.wait_for_nats(patience).await {
+                        return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not publish children");
+                    return Outcome::PublishFailed(err.to_string());
+                }
             }
-            Err(err) if err.is_retryable() => {
-                warn!(error = %err, "NATS could not store the children yet; waiting");
-                Outcome::Unavailable(NATS_UNAVAILABLE_WAIT)
-            }
-            Err(err) => {
-                warn!(error = %err, "could not publish children");
-                Outcome::PublishFailed(err.to_string())
-            }
+        }
+    }
+
+    /// Waits a moment before asking NATS again; false once `patience` has run out or the
+    /// shutdown grace has.
+    async fn wait_for_nats(&self, patience: tokio::time::Instant) -> bool {
+        if tokio::time::Instant::now() >= patience {
+            return false;
+        }
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(NATS_UNAVAILABLE_WAIT) => true,
         }
     }
 
