@@ -67,7 +67,7 @@ pub enum PublishError {
     /// JetStream could not take the event just now; the same publish can pass later.
     #[error(
         "NATS JetStream is unavailable ({why}); the event on {subject} may or may not be \
-         stored: retry (the same event id stores it once)"
+         stored: retry"
     )]
     Unavailable {
         subject: String,
@@ -84,7 +84,10 @@ pub enum PublishError {
 pub enum Unavailability {
     /// No acknowledgement came: the publish timed out, the connection was lost, or too many
     /// publishes are still awaiting theirs.
-    #[error("no acknowledgement: {0}")]
+    #[error(
+        "no acknowledgement ({0}): the connection may have dropped, or the stream be electing \
+         a leader"
+    )]
     NotConfirmed(#[source] jetstream::context::PublishError),
     /// Nothing answered the publish, though JetStream says this stream captures the subject:
     /// the stream has no leader just now, as while its replicas elect one after a server was
@@ -261,9 +264,13 @@ impl PendingPublish {
         let ack = match self.ack.await {
             Ok(ack) => ack,
             Err(err) => {
-                return Err(
-                    PublishError::from_nats(&self.jetstream, &self.subject, self.size, err).await,
-                );
+                return Err(PublishError::from_nats(
+                    &self.jetstream,
+                    &self.subject,
+                    self.size,
+                    err,
+                )
+                .await);
             }
         };
         Ok(Published {
@@ -516,7 +523,10 @@ mod tests {
         assert!(matches!(full, PublishError::StreamFull { .. }), "{full:?}");
         assert!(!full.is_retryable());
         let refused = with(10071, "wrong last sequence");
-        assert!(matches!(refused, PublishError::Refused { .. }), "{refused:?}");
+        assert!(
+            matches!(refused, PublishError::Refused { .. }),
+            "{refused:?}"
+        );
         assert!(!refused.is_retryable());
         let too_large = answered(NatsPublishError::new(PublishErrorKind::MaxPayloadExceeded));
         assert!(matches!(too_large, PublishError::TooLarge { size: 10 }));

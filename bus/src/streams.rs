@@ -15,7 +15,7 @@
 //! | max age | unlimited | unlimited | 7 days (a run's counters reset after a week idle) |
 //! | max bytes, messages | unlimited | unlimited | unlimited; one message kept per counter |
 //! | when full | refuse new events (`discard: new`), so a full log is an error, never lost history | same | drop the oldest counters (counters cannot refuse) |
-//! | replicas | 1 | 1 | 1 |
+//! | replicas | 1 (`replicas`) | same | same |
 //!
 //! `BUDGETS` is a counter stream (`allow_msg_counter`, nats-server 2.12 and later): each
 //! subject is one number the server adds to atomically, which is how the per-correlation
@@ -69,6 +69,9 @@ pub struct StreamsConfig {
     pub dead_letters: StreamLimits,
     /// The budget counters; `max_age` is how long an idle run's counters are kept.
     pub budgets: StreamLimits,
+    /// Copies of each stream, on as many servers of a JetStream cluster (1, 3 or 5; a single
+    /// server takes only 1). With 3, the streams keep taking events while one server is down,
+    /// after their replicas elect a new leader. Default 1.
     pub replicas: usize,
 }
 
@@ -169,12 +172,23 @@ pub enum SetupError {
         existing: String,
         wanted: String,
     },
+    /// JetStream did not answer, or answered "not now" (no meta leader, too few servers up for
+    /// the replicas); the same call can pass later.
     #[error(
-        "JetStream did not answer while setting up stream {stream}: {detail}; is JetStream enabled (nats-server -js)?"
+        "JetStream is unavailable while setting up stream {stream} ({source}); is JetStream \
+         enabled (nats-server -js), and enough of its servers up for the replicas? Retry"
     )]
-    Unavailable { stream: String, detail: String },
-    #[error("JetStream refused stream {stream}: {detail}")]
-    Refused { stream: String, detail: String },
+    Unavailable {
+        stream: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("JetStream refused stream {stream}: {source}")]
+    Refused {
+        stream: String,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
 impl SetupError {
@@ -207,15 +221,16 @@ async fn ensure_stream(
     wanted: stream::Config,
 ) -> Result<StreamOutcome, SetupError> {
     let name = wanted.name.clone();
+    let unavailable = |source: async_nats::Error| SetupError::Unavailable {
+        stream: name.clone(),
+        source,
+    };
     match jetstream.get_stream(&name).await {
         Ok(mut existing) => {
             let info = existing
                 .info()
                 .await
-                .map_err(|err| SetupError::Unavailable {
-                    stream: name.clone(),
-                    detail: err.to_string(),
-                })?;
+                .map_err(|err| unavailable(err.into()))?;
             compare(&info.config, &wanted)?;
             Ok(StreamOutcome::AlreadyMatching)
         }
@@ -230,27 +245,59 @@ async fn ensure_stream(
                         compare(&info.config, &wanted)?;
                         return Ok(StreamOutcome::AlreadyMatching);
                     }
-                    Err(SetupError::Refused {
-                        stream: name,
-                        detail: create_err.to_string(),
-                    })
+                    if create_may_pass(&create_err) {
+                        Err(unavailable(create_err.into()))
+                    } else {
+                        Err(SetupError::Refused {
+                            stream: name,
+                            source: create_err.into(),
+                        })
+                    }
                 }
             }
         }
-        Err(err) => Err(SetupError::Unavailable {
-            stream: name,
-            detail: err.to_string(),
-        }),
+        Err(err) => Err(unavailable(err.into())),
     }
 }
 
 /// True when the server answered that the stream does not exist (as opposed to not answering).
-pub(crate) fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+pub fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(
         err.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(server)
             if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+/// Whether a JetStream error code means "not now" rather than "no": the cluster has no meta
+/// leader (10008, "temporarily unavailable"), is missing answers (10004), or this server cannot
+/// handle the request or has no assignment yet (10009, 10007); the stream is offline (10118).
+/// Each passes once the cluster has elected its leaders, so the request is worth retrying.
+pub(crate) fn is_transient(code: jetstream::ErrorCode) -> bool {
+    use jetstream::ErrorCode;
+    [
+        ErrorCode::CLUSTER_NOT_AVAILABLE,
+        ErrorCode::CLUSTER_INCOMPLETE,
+        ErrorCode::CLUSTER_NOT_ASSIGNED,
+        ErrorCode::CLUSTER_NOT_LEADER,
+        ErrorCode::STREAM_OFFLINE,
+    ]
+    .contains(&code)
+}
+
+/// Whether a failed stream creation can pass when tried again: nothing answered, or the cluster
+/// is not ready, or too few of its servers are up to place the replicas (10005; also the answer
+/// when more replicas are asked than the cluster has servers, which the message names).
+fn create_may_pass(err: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    match err.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable | CreateStreamErrorKind::TimedOut => true,
+        CreateStreamErrorKind::JetStream(server) => {
+            is_transient(server.error_code())
+                || server.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+        }
+        _ => false,
+    }
 }
 
 /// A JetStream limit as text, every "no limit" (0 or negative; the server reports -1) alike.

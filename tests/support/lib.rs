@@ -220,3 +220,27 @@ pub fn quick_config() -> RuntimeConfig {
 pub fn event_type(name: &str) -> EventType {
     EventType::new(name).expect("test event types are valid")
 }
+
+/// Sets up the streams with `replicas` copies each, on a cluster. A cluster that has just
+/// elected its meta leader may not have heard from every server yet and cannot place the
+/// replicas; that refusal is retryable, so it is asked again until it passes or [`PATIENCE`]
+/// runs out.
+pub async fn ensure_replicated_streams(
+    jetstream: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let config = StreamsConfig {
+        replicas,
+        ..StreamsConfig::default()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match ensure_streams(jetstream, &config).await {
+            Ok(_) => return Ok(()),
+            Err(err) if err.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err).context("setting up the replicated streams"),
+        }
+    }
+}

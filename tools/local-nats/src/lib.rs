@@ -8,7 +8,8 @@
 //! The binary is found, in order, at `$NATS_SERVER_BIN`, as `nats-server` on `PATH`, or in the
 //! project-local install that `scripts/ensure-nats-server` makes (`.tools/nats/bin`).
 //!
-//! [`process`] starts agents as their own processes beside it.
+//! [`NatsCluster`] is three of them in one JetStream cluster, for tests of a server lost and a
+//! stream's leader elected again. [`process`] starts agents as their own processes beside it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), choreo_local_nats::TestServerError> {
@@ -17,7 +18,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod process;
+
+pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +34,8 @@ use tempfile::TempDir;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often readiness is re-checked while waiting.
 const READY_POLL: Duration = Duration::from_millis(20);
+/// How long one readiness probe waits for JetStream's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a test server could not be provided.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,24 @@ pub enum TestServerError {
     Io(#[from] std::io::Error),
     #[error("nats-server did not become ready within {timeout:?}; its log:\n{log}")]
     NotReady { timeout: Duration, log: String },
+    #[error("the cluster has nodes 0 to {}, not {node}", size - 1)]
+    NoSuchNode { node: usize, size: usize },
+    #[error("could not ask the cluster {what}: {source}")]
+    Question {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error(
+        "stream {stream} reported no new leader on a running server within {timeout:?}{}",
+        last.as_ref().map(|err| format!(" (last answer: {err})")).unwrap_or_default()
+    )]
+    NoStreamLeader {
+        stream: String,
+        timeout: Duration,
+        #[source]
+        last: Option<Box<TestServerError>>,
+    },
 }
 
 /// How to start a server; `Default` is a random port and a temporary folder.
@@ -95,6 +119,13 @@ impl NatsServer {
 
     /// Starts a server as `options` say.
     pub async fn start_with(options: Options) -> Result<Self, TestServerError> {
+        let mut server = Self::prepare(options)?;
+        server.spawn_and_wait().await?;
+        Ok(server)
+    }
+
+    /// The server's folders and settings, with no process started yet.
+    fn prepare(options: Options) -> Result<Self, TestServerError> {
         let (dir, temporary) = match options.dir {
             Some(dir) => {
                 std::fs::create_dir_all(&dir)?;
@@ -105,16 +136,14 @@ impl NatsServer {
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
-        let mut server = NatsServer {
+        Ok(NatsServer {
             binary: find_binary()?,
             dir,
             _temporary: temporary,
             port: options.port,
             extra_args: options.args,
             child: None,
-        };
-        server.spawn_and_wait().await?;
-        Ok(server)
+        })
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:41234`.
@@ -130,6 +159,11 @@ impl NatsServer {
     /// The JetStream store directory, kept across [`NatsServer::kill`] and restart.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
+    }
+
+    /// Whether the process is running (it was not killed, or was started again since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server with SIGKILL (no clean shutdown) and waits for it to exit.
@@ -161,6 +195,13 @@ impl NatsServer {
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), TestServerError> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Starts the process without waiting for it: a cluster's servers must all be started
+    /// before any of them can be ready (JetStream needs a quorum to elect its meta leader).
+    fn spawn(&mut self) -> Result<(), TestServerError> {
         let ports_dir = self.ports_dir();
         // A stale ports file from the previous run would report the old process as ready.
         if ports_dir.exists() {
@@ -188,12 +229,17 @@ impl NatsServer {
                 binary: self.binary.clone(),
                 source,
             })?;
-        let pid = child.id();
         self.child = Some(child);
+        Ok(())
+    }
 
+    /// Waits until the started process listens and JetStream answers through it.
+    async fn wait_ready(&mut self) -> Result<(), TestServerError> {
+        let ports_dir = self.ports_dir();
+        let pid = self.child.as_ref().map(Child::id);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(port) = read_client_port(&ports_dir, pid)
+            if let Some(port) = pid.and_then(|pid| read_client_port(&ports_dir, pid))
                 && jetstream_answers(port).await
             {
                 self.port = Some(port);
@@ -271,10 +317,11 @@ async fn jetstream_answers(port: u16) -> bool {
             );
         }
     };
-    let answered = async_nats::jetstream::new(client.clone())
-        .query_account()
-        .await
-        .is_ok();
+    let mut jetstream = async_nats::jetstream::new(client.clone());
+    // A cluster still forming may not answer at all: probe again soon rather than wait out the
+    // default 5 s each time.
+    jetstream.set_timeout(PROBE_TIMEOUT);
+    let answered = jetstream.query_account().await.is_ok();
     let _ = client.drain().await;
     answered
 }
