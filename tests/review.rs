@@ -436,9 +436,14 @@ async fn chat(
     } else {
         received.contents.remove(0)
     };
+    chat_answer("chatcmpl-1", "fake-model-2026", content)
+}
+
+/// A chat completion of `content` that used (and bills) 150 tokens.
+fn chat_answer(id: &str, model: &str, content: &str) -> axum::response::Response {
     Json(serde_json::json!({
-        "id": "chatcmpl-1",
-        "model": "fake-model-2026",
+        "id": id,
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
     }))
@@ -551,7 +556,11 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
         dead.error
     );
     assert_eq!(
-        received.lock().unwrap_or_else(|e| e.into_inner()).bodies.len(),
+        received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bodies
+            .len(),
         3,
         "nothing was spent on the refused review"
     );
@@ -580,13 +589,7 @@ async fn slow_chat(State(billing): State<Arc<Mutex<Billing>>>) -> axum::response
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .billed_tokens += 150;
-    Json(serde_json::json!({
-        "id": "chatcmpl-slow",
-        "model": "slow-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": MODEL_ANSWER}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-    }))
-    .into_response()
+    chat_answer("chatcmpl-slow", "slow-model", MODEL_ANSWER)
 }
 
 #[tokio::test]
@@ -652,16 +655,26 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
             Provenance::Llm { calls, .. } => assert_eq!(calls, 1, "run {run}"),
             other => anyhow::bail!("not an LLM provenance: {other:?}"),
         }
-        assert_eq!(budget.usage(run).await?.tokens, tokens, "the budget counter of run {run}");
+        assert_eq!(
+            budget.usage(run).await?.tokens,
+            tokens,
+            "the budget counter of run {run}"
+        );
         let shown = board.state.run(run).map(|run| run.tokens);
-        assert_eq!(shown, Some(tokens), "choreo state's run board for run {run}");
+        assert_eq!(
+            shown,
+            Some(tokens),
+            "choreo state's run board for run {run}"
+        );
         on_events += tokens;
     }
-    let billing = billing.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(billing.calls, REVIEWS, "one call per review\n{}", team.logs());
-    assert_eq!(billing.billed_tokens, on_events, "what the endpoint billed");
+    let (calls, billed_tokens) = {
+        let billing = billing.lock().unwrap_or_else(|e| e.into_inner());
+        (billing.calls, billing.billed_tokens)
+    };
+    assert_eq!(calls, REVIEWS, "one call per review\n{}", team.logs());
+    assert_eq!(billed_tokens, on_events, "what the endpoint billed");
     assert!(bus.dead_letters().await?.is_empty());
-    drop(billing);
     server.abort();
     team.stop().await;
     Ok(())

@@ -374,7 +374,11 @@ fn counted_split(runs: &Log<(String, u64)>) -> impl choreo_bus::Handler + use<> 
             .push((event.id.clone(), event.delivery));
         async move {
             let one = relay_child(&event)?.remove(0);
-            let second = Emit::new(event_type("out.second"), one.content_type.clone(), one.data.clone());
+            let second = Emit::new(
+                event_type("out.second"),
+                one.content_type.clone(),
+                one.data.clone(),
+            );
             Ok(vec![one, second])
         }
     })
@@ -382,11 +386,57 @@ fn counted_split(runs: &Log<(String, u64)>) -> impl choreo_bus::Handler + use<> 
 
 async fn wait_until_drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
     let stream = bus.jetstream.get_stream("EVENTS").await?;
-    wait_until("the consumer has nothing pending or unacknowledged", || async {
-        let info = stream.consumer_info(consumer).await?;
-        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
-    })
+    wait_until(
+        "the consumer has nothing pending or unacknowledged",
+        || async {
+            let info = stream.consumer_info(consumer).await?;
+            Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+        },
+    )
     .await
+}
+
+/// Runs the splitter as `lost_user` over `inputs` events until `stored` of their children are
+/// in the stream, kills it there (as if the process died before acking), then runs a healthy
+/// copy until every input is acknowledged. Returns each copy's handler runs.
+async fn crash_after_publishing(
+    bus: &Bus,
+    lost_user: &str,
+    inputs: usize,
+    stored: usize,
+) -> anyhow::Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+    let first_runs: Log<(String, u64)> = log();
+    let lost = bus
+        .run_as(
+            user(lost_user),
+            splitter(),
+            counted_split(&first_runs),
+            quick_config(),
+        )
+        .await?;
+    for n in 0..inputs {
+        bus.publish("in.put", json!(n), None).await?;
+    }
+    wait_until("the lost runtime stored what it could", || async {
+        Ok(bus.events("events.*.out.>").await?.len() == stored)
+    })
+    .await?;
+    lost.kill();
+
+    let survivor_runs: Log<(String, u64)> = log();
+    let survivor = bus
+        .run_as(
+            user("agent"),
+            splitter(),
+            counted_split(&survivor_runs),
+            quick_config(),
+        )
+        .await?;
+    wait_until_drained(bus, "fragile").await?;
+    survivor.stop().await?;
+    let first = first_runs.lock().unwrap().clone();
+    let survivor = survivor_runs.lock().unwrap().clone();
+    Ok((first, survivor))
 }
 
 #[tokio::test]
@@ -394,35 +444,20 @@ async fn a_redelivery_whose_children_are_all_stored_is_acked_without_running_the
 -> anyhow::Result<()> {
     const INPUTS: usize = 5;
     let bus = server_with_users().await?;
-    let first_runs: Log<(String, u64)> = log();
-    let lost = bus
-        .run_as(user("noack"), splitter(), counted_split(&first_runs), quick_config())
-        .await?;
-    for n in 0..INPUTS {
-        bus.publish("in.put", json!(n), None).await?;
-    }
-    wait_until("the lost runtime stored every child", || async {
-        Ok(bus.events("events.*.out.>").await?.len() == INPUTS * 2)
-    })
-    .await?;
-    lost.kill();
-
-    let survivor_runs: Log<(String, u64)> = log();
-    let survivor = bus
-        .run_as(user("agent"), splitter(), counted_split(&survivor_runs), quick_config())
-        .await?;
-    wait_until_drained(&bus, "fragile").await?;
-    survivor.stop().await?;
+    let (first_runs, survivor_runs) =
+        crash_after_publishing(&bus, "noack", INPUTS, INPUTS * 2).await?;
 
     assert!(
-        survivor_runs.lock().unwrap().is_empty(),
-        "the handler ran again for inputs already handled: {:?}",
-        survivor_runs.lock().unwrap()
+        survivor_runs.is_empty(),
+        "the handler ran again for inputs already handled: {survivor_runs:?}"
     );
-    let first: HashSet<_> = first_runs.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    let first: HashSet<_> = first_runs.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(first.len(), INPUTS);
     assert_eq!(bus.events("events.*.out.>").await?.len(), INPUTS * 2);
-    assert!(bus.dead_letters().await?.is_empty(), "a completed handling is no crash loop");
+    assert!(
+        bus.dead_letters().await?.is_empty(),
+        "a completed handling is no crash loop"
+    );
     Ok(())
 }
 
@@ -431,32 +466,23 @@ async fn a_redelivery_with_some_children_stored_runs_again_and_stores_each_child
 -> anyhow::Result<()> {
     const INPUTS: usize = 3;
     let bus = server_with_users().await?;
-    let first_runs: Log<(String, u64)> = log();
-    let lost = bus
-        .run_as(user("halfway"), splitter(), counted_split(&first_runs), quick_config())
-        .await?;
-    for n in 0..INPUTS {
-        bus.publish("in.put", json!(n), None).await?;
-    }
-    wait_until("the lost runtime stored the first child of each input", || async {
-        Ok(bus.events("events.*.out.put").await?.len() == INPUTS)
-    })
-    .await?;
-    lost.kill();
+    // `halfway` may publish each input's `out.put`, not its `out.second`.
+    let (_, survivor_runs) = crash_after_publishing(&bus, "halfway", INPUTS, INPUTS).await?;
 
-    let survivor_runs: Log<(String, u64)> = log();
-    let survivor = bus
-        .run_as(user("agent"), splitter(), counted_split(&survivor_runs), quick_config())
-        .await?;
-    wait_until_drained(&bus, "fragile").await?;
-    survivor.stop().await?;
-
-    let ran_again: HashSet<_> = survivor_runs.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
-    assert_eq!(ran_again.len(), INPUTS, "every half-handled input ran again");
-    assert!(survivor_runs.lock().unwrap().iter().all(|&(_, delivery)| delivery >= 2));
+    let ran_again: HashSet<_> = survivor_runs.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        ran_again.len(),
+        INPUTS,
+        "every half-handled input ran again"
+    );
+    assert!(survivor_runs.iter().all(|&(_, delivery)| delivery >= 2));
     let children = bus.events("events.*.out.>").await?;
     let ids: HashSet<_> = children.iter().map(|c| c.id.clone()).collect();
-    assert_eq!(children.len(), INPUTS * 2, "a child was stored twice, or is missing");
+    assert_eq!(
+        children.len(),
+        INPUTS * 2,
+        "a child was stored twice, or is missing"
+    );
     assert_eq!(ids.len(), INPUTS * 2);
     Ok(())
 }
@@ -480,10 +506,14 @@ async fn slow_handler_runs(copies: usize, events: usize) -> anyhow::Result<HashM
                 relay_child(&event)
             }
         });
-        running.push(bus.run(relay("deliberate"), handler, config.clone()).await?);
+        running.push(
+            bus.run(relay("deliberate"), handler, config.clone())
+                .await?,
+        );
     }
     for n in 0..events {
-        bus.publish("in.put", json!(n), Some(&format!("run-{n}"))).await?;
+        bus.publish("in.put", json!(n), Some(&format!("run-{n}")))
+            .await?;
     }
     wait_until("every event is handled", || async {
         Ok(bus.events("events.*.out.put").await?.len() == events)
@@ -569,14 +599,19 @@ async fn a_handler_past_its_timeout_is_cancelled_retried_then_dead_lettered() ->
             handler_fn(move |event: Incoming| {
                 let (http, url) = (http.clone(), url.clone());
                 async move {
-                    http.get(&url).send().await.map_err(HandlerError::retryable)?;
+                    http.get(&url)
+                        .send()
+                        .await
+                        .map_err(HandlerError::retryable)?;
                     relay_child(&event)
                 }
             }),
             config,
         )
         .await?;
-    let sent = bus.publish("in.put", json!("wait for me"), Some("run-slow")).await?;
+    let sent = bus
+        .publish("in.put", json!("wait for me"), Some("run-slow"))
+        .await?;
     wait_until("the event is dead-lettered", || async {
         Ok(!bus.dead_letters().await?.is_empty())
     })
@@ -591,7 +626,11 @@ async fn a_handler_past_its_timeout_is_cancelled_retried_then_dead_lettered() ->
     assert_eq!(letter.reason, "handler_timeout");
     assert!(letter.error.contains("timeout of 1s"), "{}", letter.error);
     let original = bus.raw("EVENTS", "events.run-slow.in.put").await?.remove(0);
-    assert_eq!(letter.original, original.payload.to_vec(), "the original bytes, untouched");
+    assert_eq!(
+        letter.original,
+        original.payload.to_vec(),
+        "the original bytes, untouched"
+    );
     assert_eq!(choreo_bus::envelope::decode(original.payload)?.id, sent.id);
     assert!(bus.events("events.run-slow.out.put").await?.is_empty());
     Ok(())
@@ -623,7 +662,9 @@ async fn shutdown_cancels_a_long_handler_after_the_grace_and_another_copy_handle
             config.clone(),
         )
         .await?;
-    let sent = bus.publish("in.put", json!("long"), Some("run-handover")).await?;
+    let sent = bus
+        .publish("in.put", json!("long"), Some("run-handover"))
+        .await?;
     wait_until("the first copy started the handler", || async {
         Ok(!started.lock().unwrap().is_empty())
     })
@@ -637,7 +678,9 @@ async fn shutdown_cancels_a_long_handler_after_the_grace_and_another_copy_handle
         .run(
             relay("handover"),
             handler_fn(move |event: Incoming| {
-                done.lock().unwrap().push((event.id.clone(), event.delivery));
+                done.lock()
+                    .unwrap()
+                    .push((event.id.clone(), event.delivery));
                 async move { relay_child(&event) }
             }),
             config,

@@ -93,7 +93,9 @@ impl From<LlmError> for choreo_bus::HandlerError {
             LlmError::Unavailable(open) => open.into(),
             err @ LlmError::Failed { .. } => choreo_bus::HandlerError::retryable(err),
             err @ LlmError::Rejected { .. } => choreo_bus::HandlerError::permanent(err),
-            err @ LlmError::OverBudget { .. } => choreo_bus::HandlerError::OverBudget(err.to_string()),
+            err @ LlmError::OverBudget { .. } => {
+                choreo_bus::HandlerError::OverBudget(err.to_string())
+            }
             err @ LlmError::BudgetUnavailable(_) => {
                 choreo_bus::HandlerError::unavailable(err, BUDGET_UNREADABLE_WAIT)
             }
@@ -233,7 +235,10 @@ impl LlmBrain {
             && let Some(budget) = task.budget
             && let Err(err) = budget.charge_spent_tokens(tokens.total).await
         {
-            tracing::warn!(tokens = tokens.total, "could not charge the tokens of failed calls: {err}");
+            tracing::warn!(
+                tokens = tokens.total,
+                "could not charge the tokens of failed calls: {err}"
+            );
         }
         Err(LlmError::Failed {
             attempts: self.attempts,
@@ -556,11 +561,18 @@ mod tests {
             llm_url: None,
             ..settings.clone()
         };
-        assert!(LlmBrain::from_settings(&none, minute).expect("valid").is_none());
-        let brain = LlmBrain::from_settings(&LlmSettings {
-            llm_url: Some("https://llm.example/v1".into()),
-            ..settings
-        }, minute)
+        assert!(
+            LlmBrain::from_settings(&none, minute)
+                .expect("valid")
+                .is_none()
+        );
+        let brain = LlmBrain::from_settings(
+            &LlmSettings {
+                llm_url: Some("https://llm.example/v1".into()),
+                ..settings
+            },
+            minute,
+        )
         .expect("valid")
         .expect("a URL makes a brain");
         let shown = format!("{brain:?}");
@@ -579,12 +591,24 @@ mod tests {
             llm_max_tokens: 100,
         };
         // 4 × 60 s and 3 waits of up to 30 s: 330 s.
-        assert_eq!(longest_review(Duration::from_secs(60), 4), Duration::from_secs(330));
+        assert_eq!(
+            longest_review(Duration::from_secs(60), 4),
+            Duration::from_secs(330)
+        );
         let defaults = Duration::from_secs(600);
-        assert!(LlmBrain::from_settings(&settings, defaults).is_ok(), "the defaults fit");
-        let err = LlmBrain::from_settings(&settings, Duration::from_secs(300)).expect_err("too long");
+        assert!(
+            LlmBrain::from_settings(&settings, defaults).is_ok(),
+            "the defaults fit"
+        );
+        let err =
+            LlmBrain::from_settings(&settings, Duration::from_secs(300)).expect_err("too long");
         assert_eq!(err.field, "llm-timeout");
-        for named in ["CHOREO_LLM_TIMEOUT", "CHOREO_LLM_ATTEMPTS", "CHOREO_HANDLER_TIMEOUT", "5m 30s"] {
+        for named in [
+            "CHOREO_LLM_TIMEOUT",
+            "CHOREO_LLM_ATTEMPTS",
+            "CHOREO_HANDLER_TIMEOUT",
+            "5m 30s",
+        ] {
             assert!(err.reason.contains(named), "{err}");
         }
     }

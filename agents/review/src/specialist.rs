@@ -31,13 +31,17 @@ pub fn agent<S: Specialty>() -> Result<Agent, ValidationError> {
 /// The whole `main` of a specialist: its LLM settings decide its brain (the rules unless
 /// `CHOREO_LLM_URL` is set). `about` opens its `--help`.
 pub async fn serve<S: Specialty>(rules: S, about: &str) -> ExitCode {
-    choreo_bus::serve::serve_with(agent::<S>(), about, |llm: LlmSettings, context| async move {
-        let brain = match LlmBrain::from_settings(&llm, context.handler_timeout)? {
-            Some(model) => Brain::Llm(model),
-            None => Brain::Rules(rules),
-        };
-        Ok(Specialist::new(brain))
-    })
+    choreo_bus::serve::serve_with(
+        agent::<S>(),
+        about,
+        |llm: LlmSettings, context| async move {
+            let brain = match LlmBrain::from_settings(&llm, context.handler_timeout)? {
+                Some(model) => Brain::Llm(model),
+                None => Brain::Rules(rules),
+            };
+            Ok(Specialist::new(brain))
+        },
+    )
     .await
 }
 

@@ -198,7 +198,9 @@ impl std::str::FromStr for HandlerErrorKind {
             .ok_or_else(|| {
                 ValidationError::new(
                     "error kind",
-                    format!("{text:?} is not one of retryable, permanent, unavailable, over_budget"),
+                    format!(
+                        "{text:?} is not one of retryable, permanent, unavailable, over_budget"
+                    ),
                 )
             })
     }
@@ -230,7 +232,10 @@ impl HandlerError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, HandlerError::Permanent(_) | HandlerError::OverBudget(_))
+        !matches!(
+            self,
+            HandlerError::Permanent(_) | HandlerError::OverBudget(_)
+        )
     }
 }
 

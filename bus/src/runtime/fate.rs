@@ -115,8 +115,7 @@ pub fn decide(agent: &Agent, config: &RuntimeConfig, attempts: u64, outcome: Out
         Outcome::Stopped(stop) => stop.into(),
         Outcome::Unavailable(wait) => Fate::Defer(wait.max(MIN_DEFER)),
         Outcome::Handled {
-            result: Ok(emits),
-            ..
+            result: Ok(emits), ..
         } => match emits.iter().find(|emit| !agent.may_emit(&emit.event_type)) {
             Some(undeclared) => Fate::DeadLetter {
                 reason: DeadLetterReason::HandlerRejected,
@@ -277,7 +276,10 @@ mod tests {
         );
         let (reason, error) = dead_letter(fate(3, Outcome::TimedOut(limit)));
         assert_eq!(reason, DeadLetterReason::HandlerTimeout);
-        assert!(error.contains("1m 30s") && error.contains("--handler-timeout"), "{error}");
+        assert!(
+            error.contains("1m 30s") && error.contains("--handler-timeout"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -342,7 +344,10 @@ mod tests {
             detail: "depth 33".into(),
         };
         let (reason, error) = dead_letter(fate(1, Outcome::Stopped(stop)));
-        assert_eq!((reason, error.as_str()), (DeadLetterReason::DepthExceeded, "depth 33"));
+        assert_eq!(
+            (reason, error.as_str()),
+            (DeadLetterReason::DepthExceeded, "depth 33")
+        );
         let (reason, _) = dead_letter(fate(1, Outcome::Undecodable("not protobuf".into())));
         assert_eq!(reason, DeadLetterReason::DecodeFailed);
     }

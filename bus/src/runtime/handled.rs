@@ -81,7 +81,8 @@ impl Children {
     /// Every child found. Ids are unique in the stream (its duplicate window, and ids derived
     /// from the input), so counting distinct ids is enough.
     fn complete(&self) -> bool {
-        self.emitted.is_some_and(|emitted| self.ids.len() >= emitted)
+        self.emitted
+            .is_some_and(|emitted| self.ids.len() >= emitted)
     }
 }
 

@@ -147,7 +147,10 @@ mod tests {
         let start = Instant::now();
         assert!(leases.due(start, every).is_empty(), "new leases are fresh");
         assert!(leases.due(start + every / 2, every).is_empty());
-        assert_eq!(leases.due(start + every, every), vec![Subject::from("$JS.ACK.a")]);
+        assert_eq!(
+            leases.due(start + every, every),
+            vec![Subject::from("$JS.ACK.a")]
+        );
         assert!(
             leases.due(start + every, every).is_empty(),
             "renewed, so not due again at once"
@@ -166,7 +169,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(600)).await;
         let _new = leases.hold("new".into());
         tokio::time::advance(Duration::from_millis(400)).await;
-        assert_eq!(leases.due(Instant::now(), every), vec![Subject::from("old")]);
+        assert_eq!(
+            leases.due(Instant::now(), every),
+            vec![Subject::from("old")]
+        );
     }
 
     #[test]

@@ -212,7 +212,11 @@ impl<H: Handler> Runtime<H> {
             ));
         }
         let leases = Leases::default();
-        companions.spawn(leases.clone().keep(self.client.clone(), self.config.ack_wait));
+        companions.spawn(
+            leases
+                .clone()
+                .keep(self.client.clone(), self.config.ack_wait),
+        );
         let stopping = Arc::new(AtomicBool::new(false));
         let cancel = CancellationToken::new();
         let worker = Arc::new(Worker {
@@ -405,4 +409,3 @@ pub(super) async fn bind_consumer(
             source: err.into(),
         })
 }
-

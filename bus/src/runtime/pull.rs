@@ -51,9 +51,9 @@ impl Pace {
     pub fn of(breaker: Option<&CircuitBreaker>) -> Pace {
         match breaker.map(|breaker| (breaker.state(), breaker)) {
             None | Some((BreakerState::Closed, _)) => Pace::Normal,
-            Some((BreakerState::HalfOpen, breaker)) => Pace::Probing(
-                usize::try_from(breaker.config().half_open_probes).unwrap_or(1),
-            ),
+            Some((BreakerState::HalfOpen, breaker)) => {
+                Pace::Probing(usize::try_from(breaker.config().half_open_probes).unwrap_or(1))
+            }
             Some((BreakerState::Open, breaker)) => Pace::Paused(breaker.open_remaining()),
         }
     }
@@ -118,7 +118,8 @@ impl Limits {
 
 /// One message of an open pull request, or the request's end.
 enum Arrival {
-    Message(u64, Result<jetstream::Message, async_nats::Error>),
+    /// Boxed: a message is large, and an end is one number.
+    Message(u64, Result<Box<jetstream::Message>, async_nats::Error>),
     End(u64),
 }
 
@@ -185,7 +186,7 @@ where
                     owed.insert(id, wanted);
                     requests.push(
                         batch
-                            .map(move |message| Arrival::Message(id, message))
+                            .map(move |message| Arrival::Message(id, message.map(Box::new)))
                             .chain(futures::stream::once(async move { Arrival::End(id) }))
                             .boxed(),
                     );
@@ -209,7 +210,7 @@ where
                     if let Some(owed) = owed.get_mut(&id) {
                         *owed = owed.saturating_sub(1);
                     }
-                    ready.push_back(Held::arrived(message, leases));
+                    ready.push_back(Held::arrived(*message, leases));
                 }
                 Some(Arrival::Message(id, Err(err))) => {
                     // A status the request ends on (the consumer deleted, a leader change):
@@ -244,7 +245,7 @@ where
     // Stop asking: what the open requests already delivered is in hand too.
     for request in requests.iter_mut() {
         while let Some(Some(Arrival::Message(_, Ok(message)))) = request.next().now_or_never() {
-            ready.push_back(Held::arrived(message, leases));
+            ready.push_back(Held::arrived(*message, leases));
         }
     }
     ready
@@ -296,7 +297,11 @@ mod tests {
         assert_eq!(limits.to_request(Pace::Normal, 0, 0), 12);
         assert_eq!(limits.to_request(Pace::Normal, 9, 0), 3);
         assert_eq!(limits.to_request(Pace::Normal, 12, 0), 0, "full");
-        assert_eq!(limits.to_request(Pace::Normal, 20, 0), 0, "over, after a limit change");
+        assert_eq!(
+            limits.to_request(Pace::Normal, 20, 0),
+            0,
+            "over, after a limit change"
+        );
     }
 
     #[test]
@@ -311,8 +316,15 @@ mod tests {
     fn a_breaker_sets_the_pace() {
         let limits = limits();
         assert_eq!(limits.to_request(Pace::Probing(1), 0, 0), 1);
-        assert_eq!(limits.to_request(Pace::Probing(1), 1, 0), 0, "the probe is out");
-        assert_eq!(limits.to_request(Pace::Paused(Duration::from_secs(3)), 0, 0), 0);
+        assert_eq!(
+            limits.to_request(Pace::Probing(1), 1, 0),
+            0,
+            "the probe is out"
+        );
+        assert_eq!(
+            limits.to_request(Pace::Paused(Duration::from_secs(3)), 0, 0),
+            0
+        );
     }
 
     #[test]
@@ -332,7 +344,11 @@ mod tests {
             burst: 1,
         })
         .expect("valid");
-        assert_eq!(Limits::new(&config, Some(&fast)).ahead, 100, "never above the batch");
+        assert_eq!(
+            Limits::new(&config, Some(&fast)).ahead,
+            100,
+            "never above the batch"
+        );
         assert_eq!(Limits::new(&config, None).ahead, 100);
     }
 
@@ -350,9 +366,15 @@ mod tests {
         .expect("valid");
         assert_eq!(Pace::of(Some(&breaker)), Pace::Normal);
         breaker.try_acquire().expect("closed").failure();
-        assert_eq!(Pace::of(Some(&breaker)), Pace::Paused(Duration::from_secs(30)));
+        assert_eq!(
+            Pace::of(Some(&breaker)),
+            Pace::Paused(Duration::from_secs(30))
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(Pace::of(Some(&breaker)), Pace::Paused(Duration::from_secs(20)));
+        assert_eq!(
+            Pace::of(Some(&breaker)),
+            Pace::Paused(Duration::from_secs(20))
+        );
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(Pace::of(Some(&breaker)), Pace::Probing(2));
         breaker.try_acquire().expect("probe").success();

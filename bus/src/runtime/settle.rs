@@ -53,7 +53,8 @@ impl<H: Handler> Worker<H> {
                         // Never terminate without the dead letter stored: wait and try again.
                         Err(err) => {
                             warn!(error = %err, "could not store the dead letter; will retry");
-                            outcome = Outcome::Unavailable(self.config.backoff.delay(facts.attempts));
+                            outcome =
+                                Outcome::Unavailable(self.config.backoff.delay(facts.attempts));
                         }
                     }
                 }

@@ -119,14 +119,22 @@ impl<H: Handler> Worker<H> {
         {
             debug!(agent = %self.agent.name(), redrive_for = target.as_str(), "redrive for another agent; skipped");
             return self
-                .settle(&message, lease, original, &facts, Outcome::RedriveForAnother)
+                .settle(
+                    &message,
+                    lease,
+                    original,
+                    &facts,
+                    Outcome::RedriveForAnother,
+                )
                 .await;
         }
         let event = match envelope::decode(message.payload.clone()) {
             Ok(event) => event,
             Err(err) => {
                 let outcome = Outcome::Undecodable(err.to_string());
-                return self.settle(&message, lease, original, &facts, outcome).await;
+                return self
+                    .settle(&message, lease, original, &facts, outcome)
+                    .await;
             }
         };
         let span = info_span!(
@@ -145,7 +153,8 @@ impl<H: Handler> Worker<H> {
                 event: Some(&event),
                 ..original
             };
-            self.settle(&message, lease, original, &facts, outcome).await;
+            self.settle(&message, lease, original, &facts, outcome)
+                .await;
         }
         .instrument(span)
         .await;
@@ -189,7 +198,12 @@ impl<H: Handler> Worker<H> {
         if let Some(limiter) = &self.guards.handle_rate {
             limiter.acquire().await;
         }
-        let permit = match self.guards.breaker.as_ref().map(CircuitBreaker::try_acquire) {
+        let permit = match self
+            .guards
+            .breaker
+            .as_ref()
+            .map(CircuitBreaker::try_acquire)
+        {
             // Refused without calling: not a failure, so it costs no attempt.
             Some(Err(open)) => return Outcome::Unavailable(open.retry_in),
             Some(Ok(permit)) => Some(permit),
