@@ -3,8 +3,9 @@
 //! Exit codes (sysexits): 0 success; 1 the command ran but the answer is "no" (runs differ, a
 //! demo run did not finish, a stream conflicts); 64 bad arguments; 65 bad input data (a payload
 //! that is not JSON, an invalid event); 66 what was asked for does not exist (an unknown run or
-//! dead letter, a missing file); 69 something needed is unavailable (the NATS server, the
-//! agents' binaries, a free port); 74 cannot write the output.
+//! dead letter, a missing file); 69 something needed is unavailable (the NATS server, JetStream
+//! while a stream elects a leader: retry; the agents' binaries, a free port); 74 cannot write
+//! the output.
 
 mod connection;
 mod diff;
@@ -133,6 +134,16 @@ impl Failure {
         }
     }
 
+    /// Setting up streams: 69 while JetStream cannot answer (retry), 1 for a conflict or a
+    /// refusal.
+    pub fn setup(err: choreo_bus::streams::SetupError) -> Self {
+        if err.is_retryable() {
+            Failure::unavailable(err.to_string())
+        } else {
+            Failure::failed(err.to_string())
+        }
+    }
+
     pub fn dead_letter(err: choreo_bus::dead_letter::DeadLetterError) -> Self {
         use choreo_bus::dead_letter::DeadLetterError;
         match err {
@@ -144,9 +155,18 @@ impl Failure {
         }
     }
 
+    /// The exit code of [`Failure::unavailable`].
+    pub const UNAVAILABLE: u8 = 69;
+
+    /// The same failure, with what to do about it appended.
+    pub fn hint(mut self, hint: impl std::fmt::Display) -> Self {
+        self.message = format!("{}; {hint}", self.message);
+        self
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Failure {
-            code: 69,
+            code: Failure::UNAVAILABLE,
             message: message.into(),
         }
     }

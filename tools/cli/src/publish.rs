@@ -45,17 +45,25 @@ pub async fn run(args: PublishArgs) -> Result<(), Failure> {
         args.connection.jetstream().await?,
         args.connection.namespace()?,
     );
+    let failed = |err, event: &Event| {
+        let failure = Failure::publish(err);
+        if failure.code == Failure::UNAVAILABLE {
+            failure.hint(retry_hint(&args, event))
+        } else {
+            failure
+        }
+    };
     let mut pending = Vec::with_capacity(events.len());
     for event in &events {
         pending.push(
             publisher
                 .send_event(event)
                 .await
-                .map_err(Failure::publish)?,
+                .map_err(|err| failed(err, event))?,
         );
     }
-    for sent in pending {
-        let published = sent.confirmed().await.map_err(Failure::publish)?;
+    for (sent, event) in pending.into_iter().zip(&events) {
+        let published = sent.confirmed().await.map_err(|err| failed(err, event))?;
         let note = if published.duplicate {
             "  (already stored: not published again)"
         } else {
@@ -67,6 +75,21 @@ pub async fn run(args: PublishArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// How to publish `event` again so that it is stored once even if the failed attempt stored it:
+/// with the same id, which the stream deduplicates.
+fn retry_hint(args: &PublishArgs, event: &Event) -> String {
+    if args.jsonl.is_some() {
+        "publishing the file again stores each line that has an \"id\" once".to_string()
+    } else if args.cloudevent.is_some() || args.id.is_some() {
+        format!(
+            "publishing it again stores it once (its id is {})",
+            event.id
+        )
+    } else {
+        format!("publish it again with --id {} to store it once", event.id)
+    }
 }
 
 /// Every event the arguments describe, validated.

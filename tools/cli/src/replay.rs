@@ -140,7 +140,7 @@ async fn copy_roots(
         },
     )
     .await
-    .map_err(|err| Failure::unavailable(err.to_string()))?;
+    .map_err(Failure::setup)?;
     let existing = LogReader::open(
         jetstream,
         &sandbox.stream_name(),

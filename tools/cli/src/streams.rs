@@ -19,7 +19,12 @@ pub struct StreamsArgs {
 #[derive(Debug, clap::Subcommand)]
 enum StreamsCommand {
     /// Create the events, dead-letter and budget streams if missing; check them if not.
-    Ensure,
+    Ensure {
+        /// Copies of each stream on as many servers of a JetStream cluster (1, 3 or 5). With
+        /// 3, events are still taken while one server is down.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
     /// Messages, size and time span of each stream, and each agent's consumer.
     Info,
 }
@@ -28,18 +33,15 @@ pub async fn run(args: StreamsArgs) -> Result<(), Failure> {
     let namespace = args.connection.namespace()?;
     let jetstream = args.connection.jetstream().await?;
     match args.command {
-        StreamsCommand::Ensure => {
+        StreamsCommand::Ensure { replicas } => {
             let config = StreamsConfig {
                 namespace: namespace.clone(),
+                replicas,
                 ..StreamsConfig::default()
             };
-            let report = ensure_streams(&jetstream, &config).await.map_err(|err| {
-                if err.is_retryable() {
-                    Failure::unavailable(err.to_string())
-                } else {
-                    Failure::failed(err.to_string())
-                }
-            })?;
+            let report = ensure_streams(&jetstream, &config)
+                .await
+                .map_err(Failure::setup)?;
             for (stream, outcome) in [
                 (namespace.stream_name(), report.events),
                 (DEAD_LETTER_STREAM.to_string(), report.dead_letters),

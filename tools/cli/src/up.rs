@@ -62,7 +62,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let jetstream = jetstream::new(client.clone());
     choreo_bus::ensure_streams(&jetstream, &StreamsConfig::default())
         .await
-        .map_err(|err| Failure::unavailable(err.to_string()))?;
+        .map_err(Failure::setup)?;
 
     let logs = args.dir.join("logs");
     std::fs::create_dir_all(&logs)

@@ -67,13 +67,15 @@ impl Door {
         let mut pending: Vec<PendingPublish> = Vec::with_capacity(events.len());
         for event in events {
             let sent = self.publisher.send_event(event).await;
-            pending.push(sent.map_err(|err| self.refusal(&err, 0, events.len()))?);
+            pending.push(sent.map_err(|err| refusal(&err, &self.nats_url, 0, events.len()))?);
         }
         let mut published = Vec::with_capacity(events.len());
         for sent in pending {
             match sent.confirmed().await {
                 Ok(stored) => published.push(stored),
-                Err(err) => return Err(self.refusal(&err, published.len(), events.len())),
+                Err(err) => {
+                    return Err(refusal(&err, &self.nats_url, published.len(), events.len()));
+                }
             }
         }
         Ok(published)
@@ -103,42 +105,91 @@ impl Door {
         }
         Ok(())
     }
+}
 
-    /// The answer to a failed publish, `stored` of `total` events having been confirmed.
-    fn refusal(&self, err: &PublishError, stored: usize, total: usize) -> Problem {
-        let outcome = if total == 1 {
-            "it may or may not be stored: retrying with the same Idempotency-Key or CloudEvent \
-             id stores it once"
-                .to_string()
-        } else {
-            format!(
-                "{stored} of the {total} events were confirmed before it; retry the whole batch: \
-                 events already stored are recognised by their ids and stored once"
-            )
-        };
-        match err {
-            PublishError::Invalid(invalid) => Problem::invalid(invalid.field, invalid.to_string()),
-            PublishError::TooLarge { .. } => {
-                Problem::new(Kind::BodyTooLarge, format!("{err}; nothing was published"))
-            }
-            PublishError::NoStream { .. } => {
-                Problem::new(Kind::NatsUnavailable, format!("{err}; {outcome}"))
-                    .retry_after(RETRY_AFTER)
-            }
-            PublishError::Unavailable { .. } => Problem::new(
-                Kind::NatsUnavailable,
-                format!(
-                    "NATS at {} did not confirm the event: {err}; {outcome}",
-                    self.nats_url
-                ),
-            )
-            .retry_after(RETRY_AFTER),
-            PublishError::StreamFull { .. } => {
-                Problem::new(Kind::StreamFull, format!("{err}; {outcome}"))
-            }
-            PublishError::Refused { .. } => {
-                Problem::new(Kind::NatsRefused, format!("{err}; {outcome}"))
-            }
+/// The answer to a failed publish to NATS at `nats_url`, `stored` of `total` events having been
+/// confirmed.
+fn refusal(err: &PublishError, nats_url: &str, stored: usize, total: usize) -> Problem {
+    let outcome = if total == 1 {
+        "it may or may not be stored: retrying with the same Idempotency-Key or CloudEvent id \
+         stores it once"
+            .to_string()
+    } else {
+        format!(
+            "{stored} of the {total} events were confirmed before it; retry the whole batch: \
+             events already stored are recognised by their ids and stored once"
+        )
+    };
+    match err {
+        PublishError::Invalid(invalid) => Problem::invalid(invalid.field, invalid.to_string()),
+        PublishError::TooLarge { .. } => {
+            Problem::new(Kind::BodyTooLarge, format!("{err}; nothing was published"))
         }
+        // The streams are missing: a deployment step still to run (or running), so come back.
+        PublishError::NoStream { .. } => {
+            Problem::new(Kind::NatsUnavailable, format!("{err}; {outcome}"))
+                .retry_after(RETRY_AFTER)
+        }
+        // JetStream cannot take events just now (a timeout, a stream electing its leader);
+        // the error says why, the outcome what the client should do.
+        PublishError::Unavailable { why, .. } => Problem::new(
+            Kind::NatsUnavailable,
+            format!("NATS JetStream at {nats_url} is unavailable ({why}); {outcome}"),
+        )
+        .retry_after(RETRY_AFTER),
+        PublishError::StreamFull { .. } => {
+            Problem::new(Kind::StreamFull, format!("{err}; {outcome}"))
+        }
+        PublishError::Refused { .. } => {
+            Problem::new(Kind::NatsRefused, format!("{err}; {outcome}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use choreo_bus::publish::Unavailability;
+
+    use super::*;
+
+    #[test]
+    fn a_stream_electing_its_leader_is_unavailable_for_now_not_missing() {
+        let err = PublishError::Unavailable {
+            subject: "events.run-1.build.step".to_string(),
+            why: Unavailability::NoLeader {
+                stream: "EVENTS".to_string(),
+            },
+        };
+        let problem = refusal(&err, "nats://127.0.0.1:4222", 0, 1);
+        assert_eq!(problem.kind, Kind::NatsUnavailable);
+        assert_eq!(problem.status.as_u16(), 503);
+        assert_eq!(problem.retry_after, Some(RETRY_AFTER));
+        assert!(problem.detail.contains("leader"), "{}", problem.detail);
+        assert!(
+            problem.detail.contains("Idempotency-Key"),
+            "{}",
+            problem.detail
+        );
+        assert!(
+            !problem.detail.contains("create the streams"),
+            "{}",
+            problem.detail
+        );
+    }
+
+    #[test]
+    fn missing_streams_say_to_create_them() {
+        let err = PublishError::NoStream {
+            subject: "events.run-1.build.step".to_string(),
+        };
+        let problem = refusal(&err, "nats://127.0.0.1:4222", 1, 3);
+        assert_eq!(problem.status.as_u16(), 503);
+        assert_eq!(problem.retry_after, Some(RETRY_AFTER));
+        assert!(
+            problem.detail.contains("create the streams"),
+            "{}",
+            problem.detail
+        );
+        assert!(problem.detail.contains("1 of the 3"), "{}", problem.detail);
     }
 }

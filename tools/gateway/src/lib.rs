@@ -276,12 +276,16 @@ impl Gateway {
             .get_stream(&stream)
             .await
             .map_err(|err| {
-                Problem::new(
-                    Kind::NatsUnavailable,
+                let detail = if choreo_bus::streams::is_stream_not_found(&err) {
+                    format!("the {stream} stream is not there ({err}): run `choreo streams ensure`")
+                } else {
+                    // No answer is not "missing": a cluster may be electing the stream's leader.
                     format!(
-                        "the {stream} stream is not there ({err}): run `choreo streams ensure`"
-                    ),
-                )
+                        "JetStream did not answer about the {stream} stream ({err}); it may be \
+                         electing a leader: retry"
+                    )
+                };
+                Problem::new(Kind::NatsUnavailable, detail)
             })?;
         Ok(json!({"nats": "connected", "stream": stream}))
     }

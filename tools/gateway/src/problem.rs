@@ -15,7 +15,7 @@
 //! | `unsupported-media-type` | 415 | a content type the gateway does not read |
 //! | `rate-limited` | 429 | the token is over its rate; `Retry-After` says when to come back |
 //! | `nats-refused` | 502 | the stream refused the event |
-//! | `nats-unavailable` | 503 | NATS is unreachable or the streams are missing; nothing was stored |
+//! | `nats-unavailable` | 503 | NATS is unreachable, JetStream cannot take events just now (a stream electing its leader), or the streams are missing; `Retry-After` |
 //! | `stream-full` | 507 | the stream is at its limits; nothing was stored |
 
 use std::time::Duration;
