@@ -7,7 +7,7 @@
 //! - `replay`: rebuilding the run board from the whole log (the bus's reader, decode, fold)
 //!   vs the raw ordered-consumer read of the same messages (async-nats's ordered pull
 //!   consumer), in alternating rounds; its ordered push consumer is measured in the same rounds
-//!   as a second raw side (`also_raw`, `ratio_vs_also_raw`).
+//!   as a second raw side (`also_raw`, `ratio_also_raw`).
 //! - `trace`: one run's trace from the middle of the log vs a raw ordered read of that run's
 //!   subjects. Its figures include `messages_read`: the trace must read the run's own
 //!   messages, not the stream.
@@ -32,7 +32,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::publish::pipelined;
-use crate::{AlsoRaw, Report, Settings, fresh_streams, median};
+use crate::{Report, Settings, fresh_streams, median};
 
 /// Events per run in the filled log.
 pub const RUN_LENGTH: usize = 10;
@@ -221,18 +221,11 @@ pub async fn replay(client: &async_nats::Client, settings: &Settings) -> anyhow:
     report.messages = settings.log_events;
     report.payload_bytes = 64;
     report.raw_is = Some("async-nats's ordered pull consumer reading every message");
-    let also_raw = median(&push_rounds);
-    report.also_raw = Some(AlsoRaw {
-        also_raw_is: "async-nats's ordered push consumer reading every message",
-        also_raw,
-        also_raw_rounds: push_rounds,
-        ratio_vs_also_raw: if also_raw > 0.0 {
-            report.ours / also_raw
-        } else {
-            0.0
-        },
-    });
-    Ok(report)
+    Ok(report.with_other(
+        "also_raw",
+        "async-nats's ordered push consumer reading every message",
+        push_rounds,
+    ))
 }
 
 /// The `trace` scenario's figures.

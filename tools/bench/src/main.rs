@@ -2,17 +2,21 @@
 //! run, alternating rounds, and prints each scenario's medians and their ratio.
 //!
 //! ```text
-//! choreo-bench publish handle guards flood storm replay fold trace review --json
+//! choreo-bench publish slow handle guards flood storm replay fold trace review --json
 //! ```
 //!
 //! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
 //! (`publish`, `handle`, `guards`) have `scenario`, `raw` and `ours` (medians over the rounds),
 //! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
-//! higher stays better). `flood` and `storm` measure storm control and print their own figures
-//! (see their modules). `replay` and `trace` read a log of `--log-events` events back (see
-//! `log.rs`), and `fold` folds the same events held in memory; `trace` reports `latency_ms`,
-//! `messages_read` and `run_events`. `review` runs the review team as processes and reports
-//! `p50_ms`, `p99_ms` and `max_agent_rss_mb` (see `review.rs`).
+//! higher stays better). A scenario that measures another baseline in the same rounds adds its
+//! median and ours / it under the baseline's name (`publish`: `same_wire`, `ratio_same_wire`;
+//! `replay`: `also_raw`, `ratio_also_raw`). `slow` runs an agent whose handler takes twice the
+//! ack wait and reports `extra_runs` and `throughput_ratio` (see `slow.rs`). `flood` and `storm`
+//! measure storm control and print their own figures (see their modules). `replay` and `trace`
+//! read a log of `--log-events` events back (see `log.rs`), and `fold` folds the same events
+//! held in memory; `trace` reports `latency_ms`, `messages_read` and `run_events`. `review` runs
+//! the review team as processes and reports `p50_ms`, `p99_ms` and `max_agent_rss_mb` (see
+//! `review.rs`).
 
 // Every choreo binary uses mimalloc: the event path allocates per message, and glibc's
 // allocator measured 27% slower on `publish` (see docs/architecture.md).
@@ -24,8 +28,10 @@ mod handle;
 mod log;
 mod publish;
 mod review;
+mod slow;
 mod storm;
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -36,8 +42,8 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run: publish, handle, guards, flood, storm, replay, fold, trace, review. All
-    /// of them when none is named.
+    /// Scenarios to run: publish, slow, handle, guards, flood, storm, replay, fold, trace,
+    /// review. All of them when none is named.
     scenarios: Vec<String>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
@@ -69,8 +75,8 @@ struct Args {
     reviews: usize,
 }
 
-const SCENARIOS: [&str; 9] = [
-    "publish", "handle", "guards", "flood", "storm", "replay", "fold", "trace", "review",
+const SCENARIOS: [&str; 10] = [
+    "publish", "slow", "handle", "guards", "flood", "storm", "replay", "fold", "trace", "review",
 ];
 
 /// Settings every scenario shares.
@@ -101,21 +107,51 @@ pub struct Report {
     /// What `raw` measures, when it is not raw async-nats.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_is: Option<&'static str>,
-    /// A second raw side, where one is measured: its median and ours / it.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub also_raw: Option<AlsoRaw>,
+    /// This process's CPU time per message, in µs, by side (`raw`, `ours`, and the other
+    /// sides'), medians over the rounds; where a scenario measures it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub client_cpu_us_per_msg: BTreeMap<&'static str, f64>,
+    /// Other baselines measured in the same rounds, each with ours / it.
+    #[serde(flatten, skip_serializing_if = "OtherSides::is_empty")]
+    pub others: OtherSides,
 }
 
-/// Another raw way to do the same work, measured in the same rounds, so a ratio can be read
-/// against it too.
-#[derive(Debug, Serialize)]
-pub struct AlsoRaw {
+/// Another way to do the same work, measured in the same rounds as `raw` and `ours`, so ours
+/// can be read against it too. Its JSON keys carry its name: `<name>` (the median),
+/// `<name>_is`, `<name>_rounds` and `ratio_<name>` (ours / it).
+#[derive(Debug)]
+pub struct OtherSide {
+    pub name: &'static str,
     /// What it is.
-    pub also_raw_is: &'static str,
-    pub also_raw: f64,
-    pub also_raw_rounds: Vec<f64>,
-    /// ours / also_raw.
-    pub ratio_vs_also_raw: f64,
+    pub is: &'static str,
+    pub median: f64,
+    pub rounds: Vec<f64>,
+    /// ours / it.
+    pub ratio: f64,
+}
+
+/// A report's other sides, serialized as flat keys named after each side.
+#[derive(Debug, Default)]
+pub struct OtherSides(pub Vec<OtherSide>);
+
+impl OtherSides {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for OtherSides {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len() * 4))?;
+        for side in &self.0 {
+            map.serialize_entry(side.name, &side.median)?;
+            map.serialize_entry(&format!("{}_is", side.name), side.is)?;
+            map.serialize_entry(&format!("{}_rounds", side.name), &side.rounds)?;
+            map.serialize_entry(&format!("ratio_{}", side.name), &side.ratio)?;
+        }
+        map.end()
+    }
 }
 
 impl Report {
@@ -132,16 +168,35 @@ impl Report {
             raw,
             ours,
             unit: "msgs/s",
-            ratio: if raw > 0.0 { ours / raw } else { 0.0 },
+            ratio: throughput_ratio(ours, raw),
             messages: settings.messages,
             rounds: settings.rounds,
             payload_bytes: settings.payload,
             raw_rounds,
             ours_rounds,
             raw_is: None,
-            also_raw: None,
+            client_cpu_us_per_msg: BTreeMap::new(),
+            others: OtherSides::default(),
         }
     }
+
+    /// Adds another throughput baseline measured in the same rounds; its ratio is ours / it.
+    pub fn with_other(mut self, name: &'static str, is: &'static str, rounds: Vec<f64>) -> Report {
+        let median = median(&rounds);
+        self.others.0.push(OtherSide {
+            name,
+            is,
+            median,
+            rounds,
+            ratio: throughput_ratio(self.ours, median),
+        });
+        self
+    }
+}
+
+/// ours / baseline, or 0 when the baseline measured nothing.
+fn throughput_ratio(ours: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 { ours / baseline } else { 0.0 }
 }
 
 /// The value at `share` (0.99 for p99) of `values`, by the nearest-rank method; 0 if empty.
@@ -235,6 +290,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for scenario in scenarios {
         let (json, table) = match scenario {
             "publish" => compared(publish::run(&client, &settings).await?)?,
+            "slow" => {
+                let slow = slow::run(&client).await?;
+                let table = format!(
+                    "{:<10} {} events, handler {} ms, ack wait {} ms, concurrency {}: {:.2} events/s, throughput_ratio {:.3}, extra_runs {}{}",
+                    slow.scenario,
+                    slow.events,
+                    slow.handler_ms,
+                    slow.ack_wait_ms,
+                    slow.concurrency,
+                    slow.events_per_s,
+                    slow.throughput_ratio,
+                    slow.extra_runs,
+                    if slow.completed {
+                        String::new()
+                    } else {
+                        format!(" (only {} handled in time)", slow.handled)
+                    }
+                );
+                (serde_json::to_string(&slow)?, table)
+            }
             "handle" => compared(handle::run(&client, &settings).await?)?,
             "guards" => compared(handle::run_guards(&client, &settings).await?)?,
             "flood" => {
@@ -311,8 +386,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A side-by-side report as a JSON line and a table row.
 fn compared(report: Report) -> anyhow::Result<(String, String)> {
+    let others: String = report
+        .others
+        .0
+        .iter()
+        .map(|other| {
+            format!(
+                "; {} {:.0}, ours / it {:.3}",
+                other.name, other.median, other.ratio
+            )
+        })
+        .collect();
+    let cpu: String = report
+        .client_cpu_us_per_msg
+        .iter()
+        .map(|(side, us)| format!(" {side} {us:.1}"))
+        .collect();
+    let cpu = if cpu.is_empty() {
+        cpu
+    } else {
+        format!("; client CPU µs/msg:{cpu}")
+    };
     let table = format!(
-        "{:<10} {:>14.0} {:>14.0} {:>8.3}  {}{}",
+        "{:<10} {:>14.0} {:>14.0} {:>8.3}  {}{}{others}{cpu}",
         report.scenario,
         report.raw,
         report.ours,
