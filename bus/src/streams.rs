@@ -343,3 +343,47 @@ fn compare(existing: &stream::Config, wanted: &stream::Config) -> Result<(), Set
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+
+    use super::*;
+
+    fn server_error(code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 503, "err_code": code, "description": "from the server"
+        }))
+        .expect("a JetStream error")
+    }
+
+    #[test]
+    fn a_creation_nobody_answered_or_the_cluster_could_not_place_yet_may_pass() {
+        let may_pass = |kind| create_may_pass(&CreateStreamError::new(kind));
+        assert!(may_pass(CreateStreamErrorKind::TimedOut));
+        assert!(may_pass(CreateStreamErrorKind::JetStreamUnavailable));
+        // No meta leader; too few servers up for the replicas.
+        assert!(may_pass(CreateStreamErrorKind::JetStream(server_error(
+            10008
+        ))));
+        assert!(may_pass(CreateStreamErrorKind::JetStream(server_error(
+            10005
+        ))));
+        // Replicas on a single server, a bad configuration: asking again changes nothing.
+        assert!(!may_pass(CreateStreamErrorKind::JetStream(server_error(
+            10074
+        ))));
+        assert!(!may_pass(CreateStreamErrorKind::InvalidStreamName));
+    }
+
+    #[test]
+    fn only_not_now_codes_are_transient() {
+        for code in [10004, 10007, 10008, 10009, 10118] {
+            assert!(is_transient(jetstream::ErrorCode(code)), "{code}");
+        }
+        // Stream not found, store failed (full), JetStream not enabled for the account.
+        for code in [10059, 10077, 10039] {
+            assert!(!is_transient(jetstream::ErrorCode(code)), "{code}");
+        }
+    }
+}
