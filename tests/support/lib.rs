@@ -17,7 +17,7 @@ use choreo_bus::{
     Agent, DeadLetter, Emit, Event, EventType, Handler, NatsConfig, Publisher, RootEvent, Runtime,
     RuntimeConfig, StreamsConfig, ensure_streams, runtime::Backoff,
 };
-use choreo_local_nats::NatsServer;
+use choreo_local_nats::{NatsCluster, NatsServer};
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,9 +25,12 @@ use tokio::task::JoinHandle;
 /// How long any one condition in these tests may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A server (or a cluster, `S`) with the streams set up, and a connection to it.
 #[derive(Debug)]
-pub struct Bus {
-    pub server: NatsServer,
+pub struct Bus<S = NatsServer> {
+    pub server: S,
+    /// Every server's URL: each connection is given them all.
+    urls: Vec<String>,
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub publisher: Publisher,
@@ -41,21 +44,41 @@ impl Bus {
 
     /// Connects to `server` (with `auth`'s credentials, if any) and sets up the streams.
     pub async fn on(server: NatsServer, auth: NatsConfig) -> anyhow::Result<Bus> {
-        let client = connect(&server, auth).await?;
+        let urls = vec![server.url()];
+        let client = connect(&urls, auth).await?;
         let jetstream = jetstream::new(client.clone());
         ensure_streams(&jetstream, &StreamsConfig::default()).await?;
+        Ok(Bus::with(server, urls, client))
+    }
+}
+
+impl Bus<NatsCluster> {
+    /// A fresh three-server cluster with the streams set up at three replicas.
+    pub async fn start_cluster() -> anyhow::Result<Bus<NatsCluster>> {
+        let cluster = NatsCluster::start().await?;
+        let urls = cluster.urls();
+        let client = connect(&urls, NatsConfig::default()).await?;
+        ensure_replicated_streams(&jetstream::new(client.clone()), NatsCluster::SIZE).await?;
+        Ok(Bus::with(cluster, urls, client))
+    }
+}
+
+impl<S> Bus<S> {
+    fn with(server: S, urls: Vec<String>, client: async_nats::Client) -> Bus<S> {
+        let jetstream = jetstream::new(client.clone());
         let publisher = Publisher::new(jetstream.clone(), Default::default());
-        Ok(Bus {
+        Bus {
             server,
+            urls,
             client,
             jetstream,
             publisher,
-        })
+        }
     }
 
     /// A new, separate connection (as another process would have).
     pub async fn connect(&self, auth: NatsConfig) -> anyhow::Result<async_nats::Client> {
-        connect(&self.server, auth).await
+        connect(&self.urls, auth).await
     }
 
     /// Publishes a root event with a JSON payload, optionally into an existing run.
@@ -142,9 +165,9 @@ impl Bus {
     }
 }
 
-async fn connect(server: &NatsServer, auth: NatsConfig) -> anyhow::Result<async_nats::Client> {
+async fn connect(urls: &[String], auth: NatsConfig) -> anyhow::Result<async_nats::Client> {
     let config = NatsConfig {
-        servers: vec![server.url()],
+        servers: urls.to_vec(),
         ..auth
     };
     Ok(config.connect().await?)
