@@ -191,6 +191,9 @@ async fn publishing_while_the_events_leader_is_killed_exits_69_and_retries_store
     assert_eq!(stored, expected, "every event stored exactly once");
 
     cluster.start_again(leader).await?;
+    // Until it has caught up, the server started again serves reads from what it held when it
+    // was killed.
+    cluster.wait_for_stream_current("EVENTS").await?;
     let after = choreo(
         &cluster.url_list(),
         vec![

@@ -5,7 +5,8 @@
 //! Each server is a [`NatsServer`] (random client port, its own temporary store, killed on
 //! drop) named `node-<index>` and routed to the other two. [`NatsCluster::kill`] and
 //! [`NatsCluster::start_again`] stop one hard and bring it back on the same ports and store;
-//! [`NatsCluster::stream_leader`] says which server leads a stream now.
+//! [`NatsCluster::stream_leader`] says which server leads a stream now, and
+//! [`NatsCluster::wait_for_stream_current`] waits until every replica has caught up.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), choreo_local_nats::TestServerError> {
@@ -16,11 +17,14 @@
 //! cluster.kill(leader)?;
 //! let next = cluster.wait_for_stream_leader("EVENTS", Some(leader)).await?;
 //! cluster.start_again(leader).await?;
+//! cluster.wait_for_stream_current("EVENTS").await?; // before reading: see its docs
 //! # let _ = next; Ok(()) }
 //! ```
 
 use std::net::TcpListener;
 use std::time::Duration;
+
+use async_nats::jetstream::stream;
 
 use crate::{NatsServer, Options, TestServerError};
 
@@ -124,6 +128,16 @@ impl NatsCluster {
     /// Right after a leader is killed the report may still name it for a moment; to wait for
     /// a new one, see [`NatsCluster::wait_for_stream_leader`].
     pub async fn stream_leader(&self, stream: &str) -> Result<Option<usize>, TestServerError> {
+        let info = self.stream_info(stream).await?;
+        Ok(info
+            .cluster
+            .and_then(|cluster| cluster.leader)
+            .and_then(|name| self.index_of(&name)))
+    }
+
+    /// What JetStream reports about `stream` (`$JS.API.STREAM.INFO`), asked through the
+    /// running servers.
+    pub async fn stream_info(&self, stream: &str) -> Result<stream::Info, TestServerError> {
         let running: Vec<String> = self
             .nodes
             .iter()
@@ -131,7 +145,7 @@ impl NatsCluster {
             .map(NatsServer::url)
             .collect();
         let question = |source: async_nats::Error| TestServerError::Question {
-            what: format!("the leader of stream {stream}"),
+            what: format!("about stream {stream}"),
             source,
         };
         let client = async_nats::ConnectOptions::new()
@@ -143,13 +157,10 @@ impl NatsCluster {
         jetstream.set_timeout(QUESTION_TIMEOUT);
         let answer = jetstream.get_stream(stream).await;
         let _ = client.drain().await;
-        let leader = answer
+        Ok(answer
             .map_err(|err| question(err.into()))?
             .cached_info()
-            .cluster
-            .as_ref()
-            .and_then(|cluster| cluster.leader.clone());
-        Ok(leader.and_then(|name| (0..self.nodes.len()).find(|&i| server_name(i) == name)))
+            .clone())
     }
 
     /// Waits until `stream` reports a leader that is running and is not `other_than` (the one
@@ -184,6 +195,48 @@ impl NatsCluster {
         }
     }
 
+    /// Waits until every replica of `stream` is up to date: a leader on a running server, and
+    /// each other replica online and current (caught up with the leader). A server started
+    /// again catches up in the background, and until then it serves what it held when it
+    /// stopped: an ephemeral consumer the cluster places on it reads a stale stream. Questions
+    /// that fail meanwhile are asked again, up to 45 s.
+    pub async fn wait_for_stream_current(&self, stream: &str) -> Result<(), TestServerError> {
+        let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+        let mut last = None;
+        loop {
+            match self.stream_info(stream).await {
+                Ok(info) => {
+                    let followers = info.config.num_replicas.saturating_sub(1);
+                    let current = info.cluster.as_ref().is_some_and(|cluster| {
+                        cluster
+                            .leader
+                            .as_deref()
+                            .and_then(|name| self.index_of(name))
+                            .and_then(|leader| self.nodes.get(leader))
+                            .is_some_and(NatsServer::is_running)
+                            && cluster.replicas.len() == followers
+                            && cluster
+                                .replicas
+                                .iter()
+                                .all(|replica| replica.current && !replica.offline)
+                    });
+                    if current {
+                        return Ok(());
+                    }
+                }
+                Err(err) => last = Some(err),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TestServerError::NotCurrent {
+                    stream: stream.to_string(),
+                    timeout: LEADER_TIMEOUT,
+                    last: last.map(Box::new),
+                });
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
     /// Every server's log so far, each under its name, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes
@@ -191,6 +244,11 @@ impl NatsCluster {
             .enumerate()
             .map(|(index, node)| format!("--- {} ---\n{}", server_name(index), node.log()))
             .collect()
+    }
+
+    /// The node named `name` in the cluster.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&index| server_name(index) == name)
     }
 
     fn node_mut(&mut self, node: usize) -> Result<&mut NatsServer, TestServerError> {

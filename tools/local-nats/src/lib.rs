@@ -72,6 +72,16 @@ pub enum TestServerError {
         #[source]
         last: Option<Box<TestServerError>>,
     },
+    #[error(
+        "stream {stream} did not have every replica current within {timeout:?}{}",
+        last.as_ref().map(|err| format!(" (last answer: {err})")).unwrap_or_default()
+    )]
+    NotCurrent {
+        stream: String,
+        timeout: Duration,
+        #[source]
+        last: Option<Box<TestServerError>>,
+    },
 }
 
 /// How to start a server; `Default` is a random port and a temporary folder.
