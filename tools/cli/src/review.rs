@@ -23,6 +23,10 @@ pub struct ReviewArgs {
     /// Where a person can see the change (a pull request).
     #[arg(long, default_value = "")]
     url: String,
+    /// The request's event id, which also names the run; a fresh UUIDv7 if not given. Running
+    /// the command again with the same id after a failure stores the request once.
+    #[arg(long)]
+    id: Option<String>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -45,10 +49,25 @@ pub async fn run(args: ReviewArgs) -> Result<(), Failure> {
         args.connection.jetstream().await?,
         args.connection.namespace()?,
     );
-    let published = publisher
-        .publish_root(RootEvent::new(emit, "cli"))
+    let mut root = RootEvent::new(emit, "cli");
+    if let Some(id) = args.id {
+        root = root.with_id(id);
+    }
+    let event = root.into_event().map_err(Failure::data)?;
+    let published = async { publisher.send_event(&event).await?.confirmed().await }
         .await
-        .map_err(Failure::publish)?;
+        .map_err(|err| {
+            let failure = Failure::publish(err);
+            if failure.code == Failure::UNAVAILABLE {
+                // The request may have been stored after all: the same id stores it once.
+                failure.hint(format!(
+                    "run the same command again with --id {} to request the review once",
+                    event.id
+                ))
+            } else {
+                failure
+            }
+        })?;
     println!(
         "review of {files} file(s) requested: event {}  run {}",
         published.event_id, published.correlation_id

@@ -697,5 +697,24 @@ async fn review_submits_a_diff_and_refuses_what_is_not_one() -> anyhow::Result<(
         1,
         "nothing published"
     );
+
+    // Asked twice with one id (a retry after a failure): one request, in the run it names.
+    for _ in 0..2 {
+        let output = choreo(&bus, &["review", "--diff", diff, "--id", "pr-42-rev-1"]).await?;
+        expect_code(&output, 0);
+        assert!(
+            stdout(&output).contains("run pr-42-rev-1"),
+            "{}",
+            stdout(&output)
+        );
+    }
+    assert_eq!(
+        bus.events("events.pr-42-rev-1.review.requested")
+            .await?
+            .len(),
+        1
+    );
+    let output = choreo(&bus, &["review", "--diff", diff, "--id", "not an id"]).await?;
+    expect_code(&output, 65);
     Ok(())
 }
