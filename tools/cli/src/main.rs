@@ -10,6 +10,7 @@
 mod connection;
 mod diff;
 mod dlq;
+mod ping;
 mod publish;
 mod render;
 mod replay;
@@ -64,6 +65,8 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Set up the streams, or see what they hold.
     Streams(streams::StreamsArgs),
+    /// Whether NATS answers with JetStream, or an HTTP URL answers 2xx: a health check (0 or 69).
+    Ping(ping::PingArgs),
 }
 
 /// A failure with the exit code that describes it.
@@ -203,6 +206,7 @@ async fn main() -> ExitCode {
         Command::State(args) => state::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
         Command::Streams(args) => streams::run(args).await,
+        Command::Ping(args) => ping::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
