@@ -1,11 +1,12 @@
-//! What can be checked of the container files without a Docker engine (CI has none): the
-//! Dockerfile and compose.yaml parse, every binary and path they name exists in the workspace,
-//! the image runs as non-root from base images given as build arguments, compose runs every
-//! agent of the team as a scalable service after a one-shot stream set-up, and every setting
-//! the code reads from the environment is in the README's one configuration table.
+//! What can be checked of the container files without a Docker engine: the Dockerfile and
+//! compose.yaml parse, every binary and path they name exists in the workspace, the images run
+//! as non-root from base images given as build arguments (and no `# syntax=` line pulls a
+//! frontend), compose runs every agent of the team as a scalable service after a one-shot
+//! stream set-up, health checks run a binary the image carries (the images have no shell), and
+//! every setting the code reads from the environment is in the README's one configuration
+//! table.
 //!
-//! What it cannot check: that the image builds and the services run. The README says which
-//! of those have been run.
+//! `tests/compose.rs` builds the images from local parts and runs compose on an engine.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -150,6 +151,16 @@ fn image_binaries(instructions: &[Instruction]) -> BTreeSet<String> {
 
 #[test]
 fn the_dockerfile_builds_every_binary_the_services_run_into_a_non_root_image() {
+    // A `# syntax=` parser directive makes BuildKit pull a frontend image: no build could run
+    // where no registry is reachable.
+    let text = read("Dockerfile");
+    assert!(
+        !text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .any(|l| l.replace(' ', "").to_lowercase().starts_with("#syntax=")),
+        "the Dockerfile names a frontend image (# syntax=)"
+    );
     let instructions = dockerfile();
     let first_from = instructions
         .iter()
@@ -251,22 +262,49 @@ fn the_dockerfile_builds_every_binary_the_services_run_into_a_non_root_image() {
         assert!(carried.contains(*needed), "the image lacks {needed}");
     }
 
-    // The runtime stage runs as a user that is not root.
-    let last_from = instructions
+    // The runtime stages (the default last one, and `nats`) run as a user that is not root.
+    for stage in [None, Some("nats")] {
+        let user = stage_instructions(&instructions, stage)
+            .iter()
+            .rev()
+            .find(|i| i.keyword == "USER")
+            .unwrap_or_else(|| panic!("the runtime stage {stage:?} sets USER"));
+        let name = user.args.split(':').next().unwrap_or("");
+        assert!(
+            !matches!(name, "root" | "0" | ""),
+            "stage {stage:?}: USER {} is root",
+            user.args
+        );
+    }
+}
+
+/// The instructions of the stage named `name`, or of the last stage.
+fn stage_instructions<'a>(
+    instructions: &'a [Instruction],
+    name: Option<&str>,
+) -> &'a [Instruction] {
+    let starts: Vec<usize> = instructions
         .iter()
-        .rposition(|i| i.keyword == "FROM")
-        .expect("FROM");
-    let user = instructions[last_from..]
+        .enumerate()
+        .filter(|(_, i)| i.keyword == "FROM")
+        .map(|(index, _)| index)
+        .collect();
+    let start = match name {
+        None => *starts.last().expect("a FROM"),
+        Some(name) => *starts
+            .iter()
+            .find(|&&index| {
+                let words: Vec<&str> = instructions[index].args.split_whitespace().collect();
+                words.len() == 3 && words[1].eq_ignore_ascii_case("AS") && words[2] == name
+            })
+            .unwrap_or_else(|| panic!("no stage {name} in the Dockerfile")),
+    };
+    let end = starts
         .iter()
-        .rev()
-        .find(|i| i.keyword == "USER")
-        .expect("the runtime stage sets USER");
-    let name = user.args.split(':').next().unwrap_or("");
-    assert!(
-        !matches!(name, "root" | "0" | ""),
-        "USER {} is root",
-        user.args
-    );
+        .find(|&&index| index > start)
+        .copied()
+        .unwrap_or(instructions.len());
+    &instructions[start + 1..end]
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +333,7 @@ struct Service {
 struct Build {
     context: String,
     dockerfile: String,
+    target: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +344,15 @@ struct DependsOn {
 #[derive(Debug, Deserialize)]
 struct Healthcheck {
     test: Vec<String>,
+}
+
+/// The default of an image named `${VARIABLE:-default}`, or the name itself.
+fn image_default(image: &str) -> &str {
+    image
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|inner| inner.split_once(":-"))
+        .map_or(image, |(_, default)| default)
 }
 
 fn compose() -> Compose {
@@ -338,14 +386,35 @@ fn compose_runs_nats_the_stream_set_up_each_agent_and_the_gateway() {
         "the JetStream store {store} is on a volume: {:?}",
         nats.volumes
     );
-    assert!(
-        !nats
+    // The images have no shell: health checks run a binary the image carries (`choreo ping`),
+    // and the NATS image is the Dockerfile's `nats` stage.
+    assert_eq!(
+        image_default(nats.image.as_deref().expect("an image")),
+        "choreo-nats:local"
+    );
+    let nats_build = nats.build.as_ref().expect("the nats service builds");
+    let nats_stage = nats_build.target.as_deref().expect("a target");
+    let dockerfile = dockerfile();
+    let nats_binaries: BTreeSet<String> = stage_instructions(&dockerfile, Some(nats_stage))
+        .iter()
+        .filter(|i| i.keyword == "COPY")
+        .filter_map(|i| i.args.split_whitespace().last())
+        .filter_map(|destination| destination.strip_prefix("/usr/local/bin/"))
+        .map(str::to_string)
+        .collect();
+    for (name, carried) in [("nats", &nats_binaries), ("gateway", &carried)] {
+        let check = &services[name]
             .healthcheck
             .as_ref()
-            .expect("a health check")
-            .test
-            .is_empty()
-    );
+            .unwrap_or_else(|| panic!("{name} has a health check"))
+            .test;
+        assert_eq!(check[0], "CMD", "{name}: no shell in the image: {check:?}");
+        assert!(
+            carried.contains(&check[1]),
+            "{name}'s health check runs {}, which its image lacks",
+            check[1]
+        );
+    }
 
     // The one-shot stream set-up runs once NATS is healthy.
     let streams = &services["streams"];
@@ -406,7 +475,7 @@ fn compose_runs_nats_the_stream_set_up_each_agent_and_the_gateway() {
                 "{name}: dockerfile"
             );
         }
-        if service.image.as_deref() == Some("choreo:local") {
+        if service.image.as_deref().map(image_default) == Some("choreo:local") {
             let binary = service.command.first().expect("a command");
             assert!(
                 carried.contains(binary),
