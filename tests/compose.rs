@@ -1,0 +1,459 @@
+//! The containers for real, on the machine's Docker engine: the images built from local parts
+//! (`scripts/images`, from the binaries `scripts/test` built), compose bringing up NATS, the
+//! stream set-up, every agent and the gateway, a review posted to the gateway's published port
+//! delivered as a report on the reports volume, and `choreo trace` from the host showing it.
+//!
+//! One compose project (a name of its own, its own image tags, ports the engine picks) serves
+//! every check, and is taken down with its volumes when the test ends, passed or failed.
+//! Where no engine answers the test says so and passes, unless `CHOREO_REQUIRE_DOCKER=1`
+//! (`.ci/run` sets it), which makes that a failure.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use choreo_local_nats::process::sibling_binary;
+use choreo_review::samples::refunds_request;
+use choreo_testkit::PATIENCE;
+use choreo_testkit::team::TEAM;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// Whether a Docker engine and docker-compose answer; when not, the test is skipped unless
+/// `CHOREO_REQUIRE_DOCKER=1`.
+fn engine_available() -> bool {
+    let answers = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    let (engine, compose) = (
+        answers("docker", "info"),
+        answers("docker-compose", "version"),
+    );
+    if engine && compose {
+        return true;
+    }
+    let missing = if engine {
+        "docker-compose does not run"
+    } else {
+        "no Docker engine answers (docker info failed)"
+    };
+    assert!(
+        std::env::var("CHOREO_REQUIRE_DOCKER").as_deref() != Ok("1"),
+        "{missing}, and CHOREO_REQUIRE_DOCKER=1 requires one"
+    );
+    // Straight to the process's stderr, past the test harness's capture, so a run's log says
+    // what was skipped.
+    let _ = writeln!(
+        std::io::stderr(),
+        "tests/compose.rs skipped: {missing} (CHOREO_REQUIRE_DOCKER=1 makes this a failure)"
+    );
+    false
+}
+
+/// Runs a command to completion; fails with its output unless it succeeded.
+async fn run(command: &mut tokio::process::Command) -> anyhow::Result<String> {
+    let output = checked(command).await?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+async fn checked(command: &mut tokio::process::Command) -> anyhow::Result<Output> {
+    let shown = format!("{:?}", command.as_std());
+    let output = command
+        .output()
+        .await
+        .with_context(|| format!("cannot run {shown}"))?;
+    ensure!(
+        output.status.success(),
+        "{shown}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+/// Asks `condition` every `every` until it holds, failing after [`PATIENCE`] with `what`.
+async fn poll<T, F, Fut>(what: &str, every: Duration, mut condition: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = condition().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {PATIENCE:?} waiting until {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Sixteen random bytes as hex: a project's token.
+fn random_hex() -> String {
+    use std::io::Read as _;
+    let mut buffer = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| file.read_exact(&mut buffer))
+        .expect("/dev/urandom");
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The owner and text of the one file in a tar archive (what `docker cp CONTAINER:PATH -`
+/// writes): the header's uid and size fields are octal numbers, the content follows it.
+fn one_file(archive: &[u8]) -> anyhow::Result<(u32, String)> {
+    let header = archive.get(..512).context("no tar header")?;
+    let octal = |field: &[u8]| -> anyhow::Result<u64> {
+        let text = std::str::from_utf8(field)?.trim_matches(|c: char| c == '\0' || c == ' ');
+        Ok(u64::from_str_radix(text, 8)?)
+    };
+    let owner = u32::try_from(octal(&header[108..116])?)?;
+    let size = usize::try_from(octal(&header[124..136])?)?;
+    let content = archive.get(512..512 + size).context("a short archive")?;
+    Ok((owner, String::from_utf8(content.to_vec())?))
+}
+
+/// A compose project of this test's own: its name, image tags and environment. Dropping it
+/// takes the project down with its volumes and removes its images, whatever happened before.
+struct Project {
+    name: String,
+    choreo_image: String,
+    nats_image: String,
+    token: String,
+    /// Containers made outside compose (to read a volume), removed with the project.
+    others: std::sync::Mutex<Vec<String>>,
+}
+
+impl Project {
+    fn new() -> Project {
+        let unique = format!("{}-{}", std::process::id(), &random_hex()[..8]);
+        Project {
+            name: format!("choreo-test-{unique}"),
+            choreo_image: format!("choreo:test-{unique}"),
+            nats_image: format!("choreo-nats:test-{unique}"),
+            token: random_hex(),
+            others: Default::default(),
+        }
+    }
+
+    /// The environment compose and scripts/images read: only what this project sets, so no
+    /// setting of the shell running the tests reaches the containers.
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        let mut environment = vec![
+            ("CHOREO_IMAGE", self.choreo_image.clone()),
+            ("NATS_IMAGE", self.nats_image.clone()),
+            (
+                "CHOREO_GATEWAY_TOKENS",
+                format!("ci={}:review.*", self.token),
+            ),
+            ("CHOREO_NATS_PUBLISH", "127.0.0.1:0".to_string()),
+            ("CHOREO_GATEWAY_PUBLISH", "127.0.0.1:0".to_string()),
+        ];
+        for kept in [
+            "PATH",
+            "HOME",
+            "NATS_SERVER_BIN",
+            "DOCKER_HOST",
+            "DOCKER_CONFIG",
+            "DOCKER_CERT_PATH",
+            "DOCKER_TLS_VERIFY",
+        ] {
+            if let Ok(value) = std::env::var(kept) {
+                environment.push((kept, value));
+            }
+        }
+        environment
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .current_dir(root())
+            .env_clear()
+            .envs(self.environment());
+        command
+    }
+
+    /// `docker-compose -p NAME -f compose.yaml ARGS`.
+    fn compose(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = self.command("docker-compose");
+        command
+            .args(["--project-name", &self.name, "--file", "compose.yaml"])
+            .args(["--project-directory", "."])
+            .args(args);
+        command.into()
+    }
+
+    /// The container of `service` (its first copy).
+    async fn container(&self, service: &str) -> anyhow::Result<String> {
+        let id = run(&mut self.compose(&["ps", "-q", service])).await?;
+        id.lines()
+            .next()
+            .map(str::to_string)
+            .with_context(|| format!("no container for {service}"))
+    }
+
+    /// Where the host reaches `service`'s `port`.
+    async fn published(&self, service: &str, port: u16) -> anyhow::Result<String> {
+        run(&mut self.compose(&["port", service, &port.to_string()])).await
+    }
+
+    async fn health(&self, service: &str) -> anyhow::Result<String> {
+        let container = self.container(service).await?;
+        run(tokio::process::Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+            &container,
+        ]))
+        .await
+    }
+
+    /// The project's named volume `volume`.
+    async fn volume(&self, volume: &str) -> anyhow::Result<String> {
+        let found = run(tokio::process::Command::new("docker").args([
+            "volume",
+            "ls",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.name),
+            "--filter",
+            &format!("label=com.docker.compose.volume={volume}"),
+        ]))
+        .await?;
+        found
+            .lines()
+            .next()
+            .map(str::to_string)
+            .with_context(|| format!("no volume {volume} in {}", self.name))
+    }
+
+    /// The last lines of every service's log, for a failure's message.
+    fn logs(&self) -> String {
+        let mut command = self.command("docker-compose");
+        command
+            .args(["--project-name", &self.name, "--file", "compose.yaml"])
+            .args([
+                "--project-directory",
+                ".",
+                "logs",
+                "--no-color",
+                "--tail",
+                "30",
+            ]);
+        command.output().map_or_else(
+            |err| format!("no logs: {err}"),
+            |output| String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the project's logs ---\n{}", self.logs());
+        }
+        let others = std::mem::take(&mut *self.others.lock().unwrap_or_else(|e| e.into_inner()));
+        if !others.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "--force"])
+                .args(&others)
+                .output();
+        }
+        let mut down = self.command("docker-compose");
+        down.args(["--project-name", &self.name, "--file", "compose.yaml"])
+            .args(["--project-directory", ".", "down", "--volumes"])
+            .args(["--remove-orphans", "--timeout", "5"]);
+        match down.output() {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!(
+                "docker-compose down for {}: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(err) => eprintln!("docker-compose down for {}: {err}", self.name),
+        }
+        let _ = std::process::Command::new("docker")
+            .args([
+                "image",
+                "rm",
+                "--force",
+                &self.choreo_image,
+                &self.nats_image,
+            ])
+            .output();
+    }
+}
+
+/// The folder and cargo profile of the binaries this test was built with, for scripts/images.
+fn built_binaries() -> (PathBuf, String) {
+    let choreo = sibling_binary("choreo").expect("built: scripts/test builds the binaries");
+    let profile_dir = choreo.parent().expect("the profile's folder");
+    let folder = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a folder name");
+    let profile = if folder == "debug" { "dev" } else { folder };
+    (
+        profile_dir
+            .parent()
+            .expect("the target folder")
+            .to_path_buf(),
+        profile.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> anyhow::Result<()> {
+    if !engine_available() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let project = Project::new();
+
+    // The images, from the binaries this test was built with: no build, no registry.
+    let (target_dir, profile) = built_binaries();
+    let mut images: tokio::process::Command = project.command(root().join("scripts/images")).into();
+    images
+        .args(["--no-build", "--profile", &profile])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    let built = run(&mut images).await?;
+    eprintln!("{built}");
+    let built_at = started.elapsed();
+
+    // The runtime image's configuration is the Dockerfile's: non-root, JSON logs, the reports
+    // folder; and it has no shell.
+    let config = run(tokio::process::Command::new("docker").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{json .Config.Env}}",
+        &project.choreo_image,
+    ]))
+    .await?;
+    assert!(config.starts_with("65532:65532 "), "{config}");
+    for variable in ["CHOREO_LOG_FORMAT=json", "CHOREO_REPORTS_DIR=/data/reports"] {
+        assert!(config.contains(variable), "{config}");
+    }
+    let shell = tokio::process::Command::new("docker")
+        .args(["run", "--rm", &project.choreo_image, "sh", "-c", "true"])
+        .output()
+        .await?;
+    assert!(!shell.status.success(), "the image has a shell");
+
+    // Everything up: NATS healthy and the streams set up before the agents start (compose
+    // waits for both), then the gateway healthy.
+    checked(&mut project.compose(&["up", "--detach", "--no-build"])).await?;
+    let up_at = started.elapsed();
+    assert_eq!(project.health("nats").await?, "healthy");
+    poll(
+        "the gateway is healthy",
+        Duration::from_millis(250),
+        || async { Ok((project.health("gateway").await? == "healthy").then_some(())) },
+    )
+    .await?;
+    let gateway = format!("http://{}", project.published("gateway", 8080).await?);
+    let nats_url = format!("nats://{}", project.published("nats", 4222).await?);
+
+    // A token the gateway does not know is refused; the project's token publishes the review.
+    let http = reqwest::Client::new();
+    let review = serde_json::json!({
+        "type": "review.requested",
+        "data": refunds_request(),
+    });
+    let refused = http
+        .post(format!("{gateway}/v1/events"))
+        .bearer_auth("not-the-token-of-this-project")
+        .json(&review)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let accepted = http
+        .post(format!("{gateway}/v1/events"))
+        .bearer_auth(&project.token)
+        .header("Idempotency-Key", format!("{}-refunds", project.name))
+        .json(&review)
+        .send()
+        .await?;
+    assert_eq!(
+        accepted.status(),
+        reqwest::StatusCode::ACCEPTED,
+        "{:?}",
+        accepted.text().await
+    );
+    let answer: serde_json::Value = accepted.json().await?;
+    let run_id = answer["correlation_id"]
+        .as_str()
+        .context("a correlation id")?
+        .to_string();
+
+    // The notifier writes the report on the reports volume, as the non-root user: read it
+    // through a container that only mounts the volume (created, never started).
+    let volume = project.volume("reports").await?;
+    let reader = run(tokio::process::Command::new("docker").args([
+        "create",
+        "--volume",
+        &format!("{volume}:/data/reports"),
+        &project.choreo_image,
+    ]))
+    .await?;
+    project.others.lock().unwrap().push(reader.clone());
+    let (owner, report) = poll(
+        "the report is on the reports volume",
+        Duration::from_millis(250),
+        || async {
+            let copy = tokio::process::Command::new("docker")
+                .arg("cp")
+                .arg(format!("{reader}:/data/reports/{run_id}.md"))
+                .arg("-")
+                .output()
+                .await?;
+            Ok(copy
+                .status
+                .success()
+                .then(|| one_file(&copy.stdout))
+                .transpose()?)
+        },
+    )
+    .await?;
+    let delivered_at = started.elapsed();
+    assert!(report.starts_with("## Code review: Refunds"), "{report}");
+    assert!(report.contains("security/hardcoded-secret"), "{report}");
+    assert_eq!(owner, 65532, "the report's owner");
+
+    // The host's choreo reaches NATS at its published port and traces the run through every
+    // agent the sample needs, nothing dead-lettered.
+    let choreo = sibling_binary("choreo")?;
+    let trace = run(tokio::process::Command::new(&choreo)
+        .args(["trace", &run_id])
+        .env("NATS_URL", &nats_url))
+    .await?;
+    assert!(trace.contains(", 0 dead-lettered"), "{trace}");
+    assert!(trace.contains("review.delivered  [notifier]"), "{trace}");
+    for agent in TEAM.iter().filter(|binary| **binary != "choreo-fetcher") {
+        let source = agent.strip_prefix("choreo-").expect("choreo-<agent>");
+        assert!(trace.contains(&format!("[{source}]")), "{source}:\n{trace}");
+    }
+
+    eprintln!(
+        "images {:.1?}, up {:.1?}, report {:.1?}, all {:.1?}",
+        built_at,
+        up_at - built_at,
+        delivered_at - up_at,
+        started.elapsed()
+    );
+    Ok(())
+}
