@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Folded, Position, Projection};
 use crate::names::Namespace;
+use crate::streams::snapshot_bucket;
 
 /// The key-value bucket that holds projection snapshots.
 pub const SNAPSHOT_BUCKET: &str = "CHOREO_SNAPSHOTS";
@@ -72,14 +73,18 @@ impl SnapshotStore {
         if let Ok(store) = self.jetstream.get_key_value(SNAPSHOT_BUCKET).await {
             return Ok(store);
         }
+        // Made here only when `choreo streams ensure` did not make it: as many copies as the
+        // events stream has, so a cluster's snapshots survive what its events survive.
+        let replicas = match self
+            .jetstream
+            .get_stream(self.namespace.stream_name())
+            .await
+        {
+            Ok(events) => events.cached_info().config.num_replicas.max(1),
+            Err(_) => 1,
+        };
         self.jetstream
-            .create_key_value(kv::Config {
-                bucket: SNAPSHOT_BUCKET.to_string(),
-                description: "choreo projection snapshots".to_string(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                ..kv::Config::default()
-            })
+            .create_key_value(snapshot_bucket(replicas))
             .await
             .map_err(unavailable)
     }
