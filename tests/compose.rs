@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use anyhow::{Context as _, bail, ensure};
+use async_nats::jetstream;
+use choreo_bus::Event;
+use choreo_bus::log::{LogQuery, LogReader};
 use choreo_local_nats::process::sibling_binary;
 use choreo_review::samples::refunds_request;
 use choreo_testkit::PATIENCE;
@@ -160,6 +165,13 @@ impl Project {
                 format!("ci={}:review.*", self.token),
             ),
             ("CHOREO_NATS_PUBLISH", "127.0.0.1:0".to_string()),
+            // Each handling's `handled` line names its event, so the copies' logs say which
+            // copy handled what; a killed copy's events come back after 5 s, not 30.
+            (
+                "RUST_LOG",
+                "info,choreo_bus::runtime::worker=debug".to_string(),
+            ),
+            ("CHOREO_ACK_WAIT", "5s".to_string()),
             ("CHOREO_GATEWAY_PUBLISH", "127.0.0.1:0".to_string()),
         ];
         for kept in [
@@ -204,6 +216,12 @@ impl Project {
             .next()
             .map(str::to_string)
             .with_context(|| format!("no container for {service}"))
+    }
+
+    /// Every container of `service`.
+    async fn containers(&self, service: &str) -> anyhow::Result<Vec<String>> {
+        let ids = run(&mut self.compose(&["ps", "-q", service])).await?;
+        Ok(ids.lines().map(str::to_string).collect())
     }
 
     /// Where the host reaches `service`'s `port`.
@@ -369,36 +387,22 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
     let nats_url = format!("nats://{}", project.published("nats", 4222).await?);
 
     // A token the gateway does not know is refused; the project's token publishes the review.
-    let http = reqwest::Client::new();
-    let review = serde_json::json!({
-        "type": "review.requested",
-        "data": refunds_request(),
-    });
-    let refused = http
-        .post(format!("{gateway}/v1/events"))
+    let gateway = Gateway {
+        http: reqwest::Client::new(),
+        url: gateway,
+        token: project.token.clone(),
+    };
+    let refused = gateway
+        .http
+        .post(format!("{}/v1/events", gateway.url))
         .bearer_auth("not-the-token-of-this-project")
-        .json(&review)
+        .json(&Gateway::review())
         .send()
         .await?;
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let accepted = http
-        .post(format!("{gateway}/v1/events"))
-        .bearer_auth(&project.token)
-        .header("Idempotency-Key", format!("{}-refunds", project.name))
-        .json(&review)
-        .send()
+    let run_id = gateway
+        .post_review(&format!("{}-refunds", project.name))
         .await?;
-    assert_eq!(
-        accepted.status(),
-        reqwest::StatusCode::ACCEPTED,
-        "{:?}",
-        accepted.text().await
-    );
-    let answer: serde_json::Value = accepted.json().await?;
-    let run_id = answer["correlation_id"]
-        .as_str()
-        .context("a correlation id")?
-        .to_string();
 
     // The notifier writes the report on the reports volume, as the non-root user: read it
     // through a container that only mounts the volume (created, never started).
@@ -428,7 +432,6 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
         },
     )
     .await?;
-    let delivered_at = started.elapsed();
     assert!(report.starts_with("## Code review: Refunds"), "{report}");
     assert!(report.contains("security/hardcoded-secret"), "{report}");
     assert_eq!(owner, 65532, "the report's owner");
@@ -447,12 +450,297 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
         assert!(trace.contains(&format!("[{source}]")), "{source}:\n{trace}");
     }
 
+    // What one run of the sample is, for the runs below to be compared with.
+    let client = async_nats::connect(&nats_url).await?;
+    let log = async_nats::jetstream::new(client);
+    let sample = shape(&events(&log, &format!("events.{run_id}.>")).await?);
+    let single_at = started.elapsed();
+
+    scaled(&project, &gateway, &log, &sample).await?;
+    let scaled_at = started.elapsed();
+    faults(&project, &gateway, &log, &sample).await?;
+
     eprintln!(
-        "images {:.1?}, up {:.1?}, report {:.1?}, all {:.1?}",
+        "images {:.1?}, up {:.1?}, one review {:.1?}, scaled {:.1?}, faults {:.1?}, all {:.1?}",
         built_at,
         up_at - built_at,
-        delivered_at - up_at,
+        single_at - up_at,
+        scaled_at - single_at,
+        started.elapsed() - scaled_at,
         started.elapsed()
     );
     Ok(())
+}
+
+/// Three copies of `security` share 30 reviews: each `review.planned` is handled by exactly one
+/// copy (the copies' logs name what each handled), each copy handles some, and every run is
+/// the sample's run again.
+async fn scaled(
+    project: &Project,
+    gateway: &Gateway,
+    log: &jetstream::Context,
+    sample: &Shape,
+) -> anyhow::Result<()> {
+    checked(&mut project.compose(&[
+        "up",
+        "--detach",
+        "--no-build",
+        "--no-recreate",
+        "--scale",
+        "security=3",
+    ]))
+    .await?;
+    let copies = project.containers("security").await?;
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    for copy in &copies {
+        poll(
+            "each copy has started",
+            Duration::from_millis(250),
+            || async { Ok(logs(copy).await?.contains("agent started").then_some(())) },
+        )
+        .await?;
+    }
+    let mut runs = BTreeSet::new();
+    for index in 0..30 {
+        runs.insert(
+            gateway
+                .post_review(&format!("{}-scaled-{index}", project.name))
+                .await?,
+        );
+    }
+    wait_delivered(log, &runs).await?;
+    for run in &runs {
+        assert_eq!(
+            &shape(&events(log, &format!("events.{run}.>")).await?),
+            sample,
+            "run {run}"
+        );
+    }
+
+    let mut handled_by: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+    for copy in &copies {
+        for run in handled(&logs(copy).await?, "review.planned") {
+            handled_by.entry(run).or_default().push(copy);
+        }
+    }
+    for run in &runs {
+        let by = handled_by.get(run).map_or(0, Vec::len);
+        assert_eq!(
+            by, 1,
+            "run {run}'s review.planned was handled by {by} copies"
+        );
+    }
+    for copy in &copies {
+        let count = handled_by
+            .iter()
+            .filter(|(run, by)| runs.contains(*run) && by.contains(&copy))
+            .count();
+        eprintln!("security copy {} handled {count} of 30", &copy[..12]);
+        assert!(count > 0, "copy {copy} handled none of the 30 reviews");
+    }
+    Ok(())
+}
+
+/// Reviews while a `security` copy is killed holding reviews it had been handed, and while the
+/// aggregator restarts: the copy is stopped first (SIGSTOP), so the server hands it reviews it
+/// cannot finish, then killed (SIGKILL); its reviews come back to the other copies after the
+/// ack wait. Every run completes as the sample's run did (no finding twice, none missing), the
+/// killed copy's reviews were handled again elsewhere, and nothing is dead-lettered.
+async fn faults(
+    project: &Project,
+    gateway: &Gateway,
+    log: &jetstream::Context,
+    sample: &Shape,
+) -> anyhow::Result<()> {
+    let copies = project.containers("security").await?;
+    let (stopped, live) = copies.split_first().context("security copies")?;
+    docker(&["kill", "--signal", "SIGSTOP", stopped]).await?;
+    let mut runs = BTreeSet::new();
+    let mut in_hand = 0;
+    for _batch in 0..3 {
+        for _ in 0..5 {
+            let key = format!("{}-faults-{}", project.name, runs.len());
+            runs.insert(gateway.post_review(&key).await?);
+        }
+        // The live copies finish theirs; what is still unacknowledged is the stopped copy's
+        // (seen twice in a row, so a live copy's handling in progress is not taken for it).
+        let last = std::cell::Cell::new(None);
+        in_hand = poll(
+            "the live copies have handled their reviews",
+            Duration::from_millis(250),
+            || {
+                let runs = &runs;
+                let seen = &last;
+                async move {
+                    let completed = events(log, "events.*.review.specialist.completed")
+                        .await?
+                        .iter()
+                        .filter(|e| e.source == "security" && runs.contains(&e.correlation_id))
+                        .count();
+                    let pending = log
+                        .get_stream("EVENTS")
+                        .await?
+                        .consumer_info("security")
+                        .await?
+                        .num_ack_pending;
+                    let now = (completed + pending == runs.len()).then_some(pending);
+                    let stable = now.is_some() && seen.replace(now) == now;
+                    Ok(if stable { now } else { None })
+                }
+            },
+        )
+        .await?;
+        if in_hand > 0 {
+            break;
+        }
+    }
+    ensure!(
+        in_hand > 0,
+        "the stopped copy was handed none of {} reviews",
+        runs.len()
+    );
+    docker(&["kill", stopped]).await?;
+    for index in 0..10 {
+        let key = format!("{}-faults-{}", project.name, runs.len());
+        runs.insert(gateway.post_review(&key).await?);
+        if index == 4 {
+            checked(&mut project.compose(&["restart", "--timeout", "10", "aggregator"])).await?;
+        }
+    }
+    wait_delivered(log, &runs).await?;
+    for run in &runs {
+        assert_eq!(
+            &shape(&events(log, &format!("events.{run}.>")).await?),
+            sample,
+            "run {run}"
+        );
+    }
+    let mut handed_back = 0;
+    for copy in live {
+        handed_back += logs(copy)
+            .await?
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| {
+                line["fields"]["message"] == "handled"
+                    && line["span"]["event_type"] == "review.planned"
+                    && line["span"]["delivery"].as_u64() > Some(1)
+            })
+            .count();
+    }
+    eprintln!(
+        "faults: {} reviews; the killed copy held {in_hand}, handled again by the others: {handed_back}",
+        runs.len()
+    );
+    assert!(
+        handed_back >= in_hand,
+        "the killed copy held {in_hand} reviews, {handed_back} were handled again"
+    );
+    let mut reader = LogReader::open(log, "DEADLETTERS", LogQuery::filtered("dlq.>")).await?;
+    assert!(
+        reader.next().await?.is_none(),
+        "something was dead-lettered"
+    );
+    Ok(())
+}
+
+async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    run(tokio::process::Command::new("docker").args(args)).await
+}
+
+/// The gateway at its published port, with the project's token.
+struct Gateway {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Gateway {
+    /// The sample change as a review request.
+    fn review() -> serde_json::Value {
+        serde_json::json!({"type": "review.requested", "data": refunds_request()})
+    }
+
+    /// Posts the sample change for review under idempotency key `key`; returns its run.
+    async fn post_review(&self, key: &str) -> anyhow::Result<String> {
+        let answer = self
+            .http
+            .post(format!("{}/v1/events", self.url))
+            .bearer_auth(&self.token)
+            .header("Idempotency-Key", key)
+            .json(&Gateway::review())
+            .send()
+            .await?;
+        let status = answer.status();
+        let body = answer.text().await?;
+        ensure!(status == reqwest::StatusCode::ACCEPTED, "{status}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(body["correlation_id"]
+            .as_str()
+            .context("a correlation id")?
+            .to_string())
+    }
+}
+
+/// How many events of each source and type a run holds.
+type Shape = BTreeMap<(String, String), usize>;
+
+fn shape(events: &[Event]) -> Shape {
+    let mut shape = Shape::new();
+    for event in events {
+        *shape
+            .entry((event.source.clone(), event.r#type.clone()))
+            .or_default() += 1;
+    }
+    shape
+}
+
+/// Every event stored on `filter`, read from the host through NATS's published port.
+async fn events(log: &jetstream::Context, filter: &str) -> anyhow::Result<Vec<Event>> {
+    let mut reader = LogReader::open(log, "EVENTS", LogQuery::filtered(filter)).await?;
+    let mut out = Vec::new();
+    while let Some(record) = tokio::time::timeout(PATIENCE, reader.next())
+        .await
+        .context("the log read stalled")??
+    {
+        out.push(record.decode()?);
+    }
+    Ok(out)
+}
+
+/// Waits until each of `runs` has delivered its report.
+async fn wait_delivered(log: &jetstream::Context, runs: &BTreeSet<String>) -> anyhow::Result<()> {
+    poll(
+        &format!("{} runs are delivered", runs.len()),
+        Duration::from_millis(500),
+        || async {
+            let delivered: BTreeSet<String> = events(log, "events.*.review.delivered")
+                .await?
+                .into_iter()
+                .map(|event| event.correlation_id)
+                .collect();
+            Ok(runs.is_subset(&delivered).then_some(()))
+        },
+    )
+    .await
+}
+
+async fn logs(container: &str) -> anyhow::Result<String> {
+    let output = checked(tokio::process::Command::new("docker").args(["logs", container])).await?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+/// The runs whose `event_type` events a copy's JSON log says it handled.
+fn handled(log: &str, event_type: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            line["fields"]["message"] == "handled" && line["span"]["event_type"] == event_type
+        })
+        .filter_map(|line| line["span"]["correlation_id"].as_str().map(str::to_string))
+        .collect()
 }
