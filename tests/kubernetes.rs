@@ -42,9 +42,8 @@ const SPECIALISTS: [&str; 4] = ["security", "performance", "style", "tests"];
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 /// The image's non-root user (the Dockerfile's `USER`).
 const IMAGE_USER: u64 = 65532;
-/// Variables the manifests set that the README's configuration table does not list yet:
-/// CHOREO_METRICS_LISTEN comes with the observability work (README, "Kubernetes").
-const NOT_YET_DOCUMENTED: [&str; 1] = ["CHOREO_METRICS_LISTEN"];
+/// Variables the manifests set that the README's configuration table does not list yet.
+const NOT_YET_DOCUMENTED: [&str; 0] = [];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

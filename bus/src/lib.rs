@@ -16,6 +16,7 @@
 //! - [`dead_letter`]: what a dead letter holds and why it was written.
 //! - [`serve`] and [`settings`]: the whole `main` of an agent binary, configured by flags,
 //!   environment or a file.
+//! - [`metrics`]: an agent's Prometheus metrics and its `/healthz` and `/readyz` probes.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and SIGINT/SIGTERM for binaries.
 //!
 //! Data flows one way: an external system publishes a [`RootEvent`]; the stream stores it; each
@@ -28,6 +29,7 @@ pub mod dead_letter;
 pub mod envelope;
 pub mod guard;
 pub mod log;
+pub mod metrics;
 pub mod names;
 pub mod projection;
 pub mod publish;

@@ -53,6 +53,10 @@ pub struct AgentSettings {
     /// events handed back to another copy [default: 30s].
     #[arg(long, env = "CHOREO_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<HumanDuration>,
+    /// Where to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz), e.g.
+    /// 0.0.0.0:9090 [default: off].
+    #[arg(long, env = "CHOREO_METRICS_LISTEN", value_name = "ADDRESS")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Hops from the root past which children are not published [default: 32].
     #[arg(long, env = "CHOREO_MAX_DEPTH", value_name = "N|off")]
@@ -147,6 +151,7 @@ impl AgentSettings {
             ack_wait: self.ack_wait.or(under.ack_wait),
             handler_timeout: self.handler_timeout.or(under.handler_timeout),
             shutdown_grace: self.shutdown_grace.or(under.shutdown_grace),
+            metrics_listen: self.metrics_listen.or(under.metrics_listen),
             max_depth: self.max_depth.or(under.max_depth),
             max_visits: self.max_visits.or(under.max_visits),
             max_events: self.max_events.or(under.max_events),
@@ -190,6 +195,7 @@ impl AgentSettings {
         if let Some(grace) = self.shutdown_grace {
             config.shutdown_grace = grace.0;
         }
+        config.metrics_listen = self.metrics_listen;
         let guards = &mut config.guards;
         if let Some(limit) = self.max_depth {
             guards.depth = limit.as_u32("max-depth")?.map(|max| DepthLimit { max });

@@ -35,6 +35,9 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// Storm control: depth, cycle and budget limits, rate limits and the handler's breaker.
     pub guards: GuardsConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]). Default:
+    /// nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +53,7 @@ impl Default for RuntimeConfig {
             max_ack_pending: 1024,
             shutdown_grace: Duration::from_secs(30),
             guards: GuardsConfig::default(),
+            metrics_listen: None,
         }
     }
 }

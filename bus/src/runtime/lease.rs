@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::Subject;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -33,6 +34,8 @@ const RENEWALS_PER_ACK_WAIT: u32 = 3;
 pub(crate) struct Leases {
     held: Arc<Mutex<Held>>,
     released: Arc<Notify>,
+    /// How many are held, for the metrics.
+    counted: Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -57,14 +60,24 @@ pub(crate) struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.leases.lock().by_key.remove(&self.key);
+        self.leases.counted.dec();
         self.leases.released.notify_one();
     }
 }
 
 impl Leases {
+    /// Leases that keep `gauge` at the number held.
+    pub fn counted_in(gauge: Gauge) -> Leases {
+        Leases {
+            counted: gauge,
+            ..Leases::default()
+        }
+    }
+
     /// Holds the delivery whose acknowledgements go to `reply`, from now until the returned
     /// lease is dropped.
     pub fn hold(&self, reply: Subject) -> Lease {
+        self.counted.inc();
         let mut held = self.lock();
         held.next_key = held.next_key.wrapping_add(1);
         let key = held.next_key;

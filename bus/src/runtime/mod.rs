@@ -82,6 +82,7 @@ pub use fate::{Fate, Outcome, decide};
 use crate::dead_letter::DeadLetterWriter;
 use crate::envelope::{Emit, RootEvent};
 use crate::guard::{BreakerState, CircuitBreaker, CorrelationBudget, Guards, Transition};
+use crate::metrics::AgentMetrics;
 use crate::names::{AgentName, ValidationError};
 use crate::publish::Publisher;
 
@@ -199,6 +200,16 @@ impl<H: Handler> Runtime<H> {
 
         let publisher = Publisher::new(jetstream.clone(), self.config.namespace.clone());
         let mut companions = tokio::task::JoinSet::new();
+        let metrics = AgentMetrics::new(self.agent.name());
+        if let Some(address) = self.config.metrics_listen {
+            let listener = crate::metrics::bind(address).await.map_err(|err| {
+                RuntimeError::Config(ValidationError::new(
+                    "metrics-listen",
+                    format!("cannot serve metrics on {address}: {err}"),
+                ))
+            })?;
+            companions.spawn(metrics.clone().serve(listener, self.client.clone()));
+        }
         for breaker in guards
             .breaker
             .iter()
@@ -209,9 +220,10 @@ impl<H: Handler> Runtime<H> {
                 breaker,
                 publisher.clone(),
                 self.agent.name().clone(),
+                metrics.clone(),
             ));
         }
-        let leases = Leases::default();
+        let leases = Leases::counted_in(metrics.in_flight().clone());
         companions.spawn(
             leases
                 .clone()
@@ -235,6 +247,7 @@ impl<H: Handler> Runtime<H> {
             leases,
             stopping: Arc::clone(&stopping),
             cancel: cancel.clone(),
+            metrics: metrics.clone(),
         });
         let dispatcher = {
             let worker = Arc::clone(&worker);
@@ -245,7 +258,9 @@ impl<H: Handler> Runtime<H> {
         };
 
         let mut shutdown = std::pin::pin!(shutdown);
+        metrics.set_ready(true);
         let unstarted = pull::pull(&jetstream, consumer, &worker, &dispatcher, &mut shutdown).await;
+        metrics.set_ready(false);
 
         // Shutting down: start nothing new, give back what was not started, let running
         // handlers finish within the grace, then cancel them and give their events back too.
@@ -313,8 +328,14 @@ impl<H: Handler> Runtime<H> {
 }
 
 /// Logs a breaker's transitions and publishes each as a `choreo.breaker.*` event.
-async fn announce_transitions(breaker: CircuitBreaker, publisher: Publisher, agent: AgentName) {
+async fn announce_transitions(
+    breaker: CircuitBreaker,
+    publisher: Publisher,
+    agent: AgentName,
+    metrics: AgentMetrics,
+) {
     let mut transitions = breaker.transitions();
+    metrics.breaker(breaker.name(), breaker.state(), false);
     loop {
         let transition = match transitions.recv().await {
             Ok(transition) => transition,
@@ -324,6 +345,7 @@ async fn announce_transitions(breaker: CircuitBreaker, publisher: Publisher, age
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
+        metrics.breaker(breaker.name(), transition.to, true);
         if transition.to == BreakerState::Open {
             warn!(%agent, breaker = %transition.breaker, from = %transition.from, reason = %transition.reason, "circuit breaker opened");
         } else {

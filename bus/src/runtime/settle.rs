@@ -24,7 +24,12 @@ impl<H: Handler> Worker<H> {
         outcome: Outcome,
     ) {
         let mut outcome = outcome;
-        let answer = loop {
+        // What the server is told, and what became of the delivery (for the metrics).
+        let (answer, became) = loop {
+            let skipped = matches!(
+                outcome,
+                Outcome::AlreadyHandled | Outcome::RedriveForAnother
+            );
             match decide(&self.agent, &self.config, facts.attempts, outcome) {
                 Fate::Publish(emits) => {
                     outcome = match original.event {
@@ -35,20 +40,21 @@ impl<H: Handler> Worker<H> {
                 }
                 Fate::Ack => {
                     self.deferrals.forget(facts.stream_sequence);
-                    break AckKind::Ack;
+                    break (AckKind::Ack, if skipped { "skipped" } else { "handled" });
                 }
-                Fate::Retry(delay) => break AckKind::Nak(Some(delay)),
+                Fate::Retry(delay) => break (AckKind::Nak(Some(delay)), "retried"),
                 Fate::Defer(delay) => {
                     self.deferrals.record(facts.stream_sequence);
-                    break AckKind::Nak(Some(delay));
+                    break (AckKind::Nak(Some(delay)), "deferred");
                 }
-                Fate::HandBack => break AckKind::Nak(None),
+                Fate::HandBack => break (AckKind::Nak(None), "handed_back"),
                 Fate::DeadLetter { reason, error } => {
                     match self.dead_letters.write(original, reason, &error).await {
                         Ok(()) => {
                             error!(reason = %reason, error = %error, "dead-lettered");
                             self.deferrals.forget(facts.stream_sequence);
-                            break AckKind::Term;
+                            self.metrics.dead_lettered(reason.as_str());
+                            break (AckKind::Term, "dead_lettered");
                         }
                         // Never terminate without the dead letter stored: wait and try again.
                         Err(err) => {
@@ -60,6 +66,10 @@ impl<H: Handler> Worker<H> {
                 }
             }
         };
+        let event_type = original
+            .event
+            .map_or("undecodable", |event| event.r#type.as_str());
+        self.metrics.settled(event_type, became);
         drop(lease);
         answer_server(message, answer).await;
     }

@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original, REDRIVE_FOR};
 use crate::envelope::{self, Emit, stamp_child};
 use crate::guard::{BreakerState, BudgetError, CircuitBreaker, Guards, Stop};
+use crate::metrics::AgentMetrics;
 use crate::publish::{PublishError, Publisher};
 
 use super::agent::{Agent, Handler, HandlerError, Incoming};
@@ -76,6 +77,7 @@ pub(crate) struct Worker<H> {
     pub stopping: Arc<AtomicBool>,
     /// Cancelled when the shutdown grace runs out: running handlers are dropped.
     pub cancel: CancellationToken,
+    pub metrics: AgentMetrics,
 }
 
 impl<H: Handler> Worker<H> {
@@ -97,6 +99,9 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
+        if facts.delivered > 1 {
+            self.metrics.redelivered();
+        }
         let original = Original {
             subject: message.subject.as_str(),
             payload: &message.payload,
@@ -220,6 +225,10 @@ impl<H: Handler> Worker<H> {
                 .map(|budget| budget.for_run(&event.correlation_id)),
         };
         let handling = AssertUnwindSafe(self.handler.handle(&incoming)).catch_unwind();
+        let started = tokio::time::Instant::now();
+        let timed = |metrics: &AgentMetrics| {
+            metrics.handled_in(&event.r#type, started.elapsed().as_secs_f64());
+        };
         let result = tokio::select! {
             // Dropping the handler's future aborts what it has in flight (an HTTP call).
             () = self.cancel.cancelled() => {
@@ -232,6 +241,7 @@ impl<H: Handler> Worker<H> {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(HandlerError::Retryable(panic_message(&panic))),
                 Err(_elapsed) => {
+                    timed(&self.metrics);
                     warn!(timeout = ?self.config.handler_timeout, "handler timed out; cancelled");
                     if let Some(permit) = permit {
                         permit.failure();
@@ -240,6 +250,7 @@ impl<H: Handler> Worker<H> {
                 }
             },
         };
+        timed(&self.metrics);
         let probed = permit.as_ref().is_some_and(|permit| permit.is_probe());
         if let Some(permit) = permit {
             match &result {

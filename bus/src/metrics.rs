@@ -1,0 +1,292 @@
+//! What an agent process tells a scraper and a prober: Prometheus metrics at `/metrics`, and
+//! `/healthz` and `/readyz`, served on `CHOREO_METRICS_LISTEN` when it is set.
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `choreo_events_handled_total` | counter | `agent`, `type`, `outcome` | deliveries settled, by what became of them: `handled`, `skipped` (a handled redelivery, a redrive for another agent), `retried`, `deferred` (an outage waited out), `handed_back`, `dead_lettered` |
+//! | `choreo_handling_duration_seconds` | histogram | `agent`, `type` | from the handler's start to its answer |
+//! | `choreo_events_in_flight` | gauge | `agent` | events the process holds (running, queued behind their run, fetched ahead) |
+//! | `choreo_redeliveries_total` | counter | `agent` | deliveries the server made again |
+//! | `choreo_dead_letters_total` | counter | `agent`, `reason` | dead letters written |
+//! | `choreo_breaker_state` | gauge | `agent`, `breaker` | 0 closed, 1 half-open, 2 open |
+//! | `choreo_breaker_transitions_total` | counter | `agent`, `breaker`, `to` | breaker transitions |
+//!
+//! `/healthz` answers 200 while the process serves; `/readyz` answers 200 while the runtime is
+//! pulling and the connection to NATS is up, 503 otherwise (starting, shutting down, NATS lost).
+//! Counting costs an atomic add and a read-locked map lookup per event; the endpoint costs
+//! nothing until it is scraped.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::guard::BreakerState;
+use crate::names::AgentName;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handled {
+    r#type: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OfType {
+    r#type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Breaker {
+    breaker: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Transition {
+    breaker: String,
+    to: &'static str,
+}
+
+/// Handling times from a millisecond to about two and a half minutes, doubling.
+fn handling_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+/// One agent process's metrics; clones share them.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    handled: Family<Handled, Counter>,
+    duration: Family<OfType, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    redeliveries: Counter,
+    dead_letters: Family<Reason, Counter>,
+    breaker_state: Family<Breaker, Gauge>,
+    breaker_transitions: Family<Transition, Counter>,
+    ready: AtomicBool,
+}
+
+impl AgentMetrics {
+    pub fn new(agent: &AgentName) -> AgentMetrics {
+        let mut registry = Registry::with_labels(std::iter::once((
+            Cow::Borrowed("agent"),
+            Cow::Owned(agent.to_string()),
+        )));
+        let handled = Family::<Handled, Counter>::default();
+        let duration =
+            Family::<OfType, Histogram, fn() -> Histogram>::new_with_constructor(handling_buckets);
+        let in_flight = Gauge::default();
+        let redeliveries = Counter::default();
+        let dead_letters = Family::<Reason, Counter>::default();
+        let breaker_state = Family::<Breaker, Gauge>::default();
+        let breaker_transitions = Family::<Transition, Counter>::default();
+        registry.register(
+            "choreo_events_handled",
+            "Deliveries settled, by event type and what became of them",
+            handled.clone(),
+        );
+        registry.register_with_unit(
+            "choreo_handling_duration",
+            "Time from the handler's start to its answer",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register(
+            "choreo_events_in_flight",
+            "Events the process holds: running, queued behind their run, or fetched ahead",
+            in_flight.clone(),
+        );
+        registry.register(
+            "choreo_redeliveries",
+            "Deliveries the server made again",
+            redeliveries.clone(),
+        );
+        registry.register(
+            "choreo_dead_letters",
+            "Dead letters written, by reason",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "choreo_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "choreo_breaker_transitions",
+            "Circuit breaker transitions, by the state entered",
+            breaker_transitions.clone(),
+        );
+        AgentMetrics {
+            inner: Arc::new(Inner {
+                registry,
+                handled,
+                duration,
+                in_flight,
+                redeliveries,
+                dead_letters,
+                breaker_state,
+                breaker_transitions,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A delivery of `event_type` was settled with `outcome` (see the module's table).
+    pub(crate) fn settled(&self, event_type: &str, outcome: &'static str) {
+        self.inner
+            .handled
+            .get_or_create(&Handled {
+                r#type: event_type.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn handled_in(&self, event_type: &str, seconds: f64) {
+        self.inner
+            .duration
+            .get_or_create(&OfType {
+                r#type: event_type.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub(crate) fn in_flight(&self) -> &Gauge {
+        &self.inner.in_flight
+    }
+
+    pub(crate) fn redelivered(&self) {
+        self.inner.redeliveries.inc();
+    }
+
+    pub(crate) fn dead_lettered(&self, reason: &'static str) {
+        self.inner
+            .dead_letters
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// The breaker `breaker` is now `state` (`entered`: by a transition, not at start).
+    pub(crate) fn breaker(&self, breaker: &str, state: BreakerState, entered: bool) {
+        let level = match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        self.inner
+            .breaker_state
+            .get_or_create(&Breaker {
+                breaker: breaker.to_string(),
+            })
+            .set(level);
+        if entered {
+            self.inner
+                .breaker_transitions
+                .get_or_create(&Transition {
+                    breaker: breaker.to_string(),
+                    to: state.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Whether the runtime is pulling (set by the runtime).
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
+        text
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+    /// Ready means the runtime is pulling and `client` is connected.
+    pub async fn serve(self, listener: tokio::net::TcpListener, client: async_nats::Client) {
+        use axum::http::{StatusCode, header};
+        use axum::routing::get;
+        let metrics = self.clone();
+        let router = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            metrics.encode(),
+                        )
+                    }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let ready = self.inner.ready.load(Ordering::SeqCst)
+                        && client.connection_state() == async_nats::connection::State::Connected;
+                    async move {
+                        if ready {
+                            (StatusCode::OK, "ready\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        }
+                    }
+                }),
+            );
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::warn!(error = %err, "the metrics endpoint stopped");
+        }
+    }
+}
+
+/// Binds the metrics endpoint's address, so a bad one is refused at start.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_follow_prometheus_conventions_and_carry_the_agent() {
+        let metrics = AgentMetrics::new(&AgentName::new("security").expect("valid"));
+        metrics.settled("review.planned", "handled");
+        metrics.handled_in("review.planned", 0.25);
+        metrics.dead_lettered("handler_timeout");
+        metrics.breaker("llm", BreakerState::Open, true);
+        let text = metrics.encode();
+        for line in [
+            r#"choreo_events_handled_total{agent="security",type="review.planned",outcome="handled"} 1"#,
+            r#"choreo_handling_duration_seconds_count{agent="security",type="review.planned"} 1"#,
+            r#"choreo_dead_letters_total{agent="security",reason="handler_timeout"} 1"#,
+            r#"choreo_breaker_state{agent="security",breaker="llm"} 2"#,
+            r#"choreo_breaker_transitions_total{agent="security",breaker="llm",to="open"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+}
