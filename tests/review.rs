@@ -318,6 +318,19 @@ async fn serve(
     Ok((bound, task))
 }
 
+/// Serves a chat-completions endpoint with `handler` on a free loopback port; returns its base
+/// URL (what `CHOREO_LLM_URL` takes) and the server's task.
+async fn chat_endpoint<S: Clone + Send + Sync + 'static>(
+    handler: axum::routing::MethodRouter<S>,
+    state: S,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let router = axum::Router::new()
+        .route("/v1/chat/completions", handler)
+        .with_state(state);
+    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
+    Ok((format!("http://{address}/v1"), server))
+}
+
 async fn webhook(
     State(received): State<Shared>,
     headers: HeaderMap,
@@ -461,12 +474,8 @@ async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_b
         ],
         ..Received::default()
     }));
-    let router = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(chat))
-        .with_state(received.clone());
-    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
+    let (llm_url, server) = chat_endpoint(axum::routing::post(chat), received.clone()).await?;
     let mut team = Team::new(bus.server.url())?;
-    let llm_url = format!("http://{address}/v1");
     team.start(
         "choreo-security",
         &[
@@ -598,12 +607,8 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
     const REVIEWS: usize = 3;
     let bus = Bus::start().await?;
     let billing = Arc::new(Mutex::new(Billing::default()));
-    let router = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(slow_chat))
-        .with_state(billing.clone());
-    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
+    let (llm_url, server) = chat_endpoint(axum::routing::post(slow_chat), billing.clone()).await?;
     let mut team = Team::new(bus.server.url())?;
-    let llm_url = format!("http://{address}/v1");
     // Every other setting at its default.
     team.start(
         "choreo-security",
@@ -689,11 +694,7 @@ async fn the_editor_sends_a_vague_finding_back_and_approves_the_revision() -> an
         contents: vec![VAGUE_ANSWER],
         ..Received::default()
     }));
-    let router = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(chat))
-        .with_state(received.clone());
-    let (address, server) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), router).await?;
-    let llm_url = format!("http://{address}/v1");
+    let (llm_url, server) = chat_endpoint(axum::routing::post(chat), received.clone()).await?;
     let mut team = Team::new(bus.server.url())?;
     for binary in choreo_testkit::team::TEAM {
         if binary == "choreo-security" {
