@@ -28,12 +28,15 @@ ARG BINARIES="choreo choreo-gateway choreo-fetcher choreo-triage choreo-security
 WORKDIR /src
 COPY . .
 # The cargo registry and the target folder are cache mounts, so a rebuild after a change
-# recompiles only what changed; the binaries are copied out of the cache before it is unmounted.
+# recompiles only what changed; the binaries are copied out of the cache before it is unmounted,
+# without their debug information (the release profile's line tables are most of each binary;
+# the symbols stay, so backtraces name functions).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --workspace --bins \
     && mkdir -p /out/bin /out/data/reports /out/nats/data \
-    && for binary in ${BINARIES}; do cp "target/release/${binary}" /out/bin/; done
+    && for binary in ${BINARIES}; do cp "target/release/${binary}" /out/bin/; done \
+    && strip --strip-debug /out/bin/*
 
 # The official image's static nats-server binary.
 FROM ${NATS_SERVER_IMAGE} AS nats-server

@@ -1,7 +1,9 @@
 //! The containers for real, on the machine's Docker engine: the images built from local parts
 //! (`scripts/images`, from the binaries `scripts/test` built), compose bringing up NATS, the
 //! stream set-up, every agent and the gateway, a review posted to the gateway's published port
-//! delivered as a report on the reports volume, and `choreo trace` from the host showing it.
+//! delivered as a report on the reports volume, and `choreo trace` from the host showing it;
+//! then three copies of a specialist sharing reviews, one of them killed holding some, and the
+//! aggregator restarted, with every run complete and no finding twice.
 //!
 //! One compose project (a name of its own, its own image tags, ports the engine picks) serves
 //! every check, and is taken down with its volumes when the test ends, passed or failed.
@@ -10,12 +12,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, bail, ensure};
 use async_nats::jetstream;
@@ -231,18 +232,18 @@ impl Project {
 
     async fn health(&self, service: &str) -> anyhow::Result<String> {
         let container = self.container(service).await?;
-        run(tokio::process::Command::new("docker").args([
+        docker(&[
             "inspect",
             "--format",
             "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
             &container,
-        ]))
+        ])
         .await
     }
 
     /// The project's named volume `volume`.
     async fn volume(&self, volume: &str) -> anyhow::Result<String> {
-        let found = run(tokio::process::Command::new("docker").args([
+        let found = docker(&[
             "volume",
             "ls",
             "--quiet",
@@ -250,7 +251,7 @@ impl Project {
             &format!("label=com.docker.compose.project={}", self.name),
             "--filter",
             &format!("label=com.docker.compose.volume={volume}"),
-        ]))
+        ])
         .await?;
         found
             .lines()
@@ -354,13 +355,13 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
 
     // The runtime image's configuration is the Dockerfile's: non-root, JSON logs, the reports
     // folder; and it has no shell.
-    let config = run(tokio::process::Command::new("docker").args([
+    let config = docker(&[
         "image",
         "inspect",
         "--format",
         "{{.Config.User}} {{json .Config.Env}}",
         &project.choreo_image,
-    ]))
+    ])
     .await?;
     assert!(config.starts_with("65532:65532 "), "{config}");
     for variable in ["CHOREO_LOG_FORMAT=json", "CHOREO_REPORTS_DIR=/data/reports"] {
@@ -407,12 +408,12 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
     // The notifier writes the report on the reports volume, as the non-root user: read it
     // through a container that only mounts the volume (created, never started).
     let volume = project.volume("reports").await?;
-    let reader = run(tokio::process::Command::new("docker").args([
+    let reader = docker(&[
         "create",
         "--volume",
         &format!("{volume}:/data/reports"),
         &project.choreo_image,
-    ]))
+    ])
     .await?;
     project.others.lock().unwrap().push(reader.clone());
     let (owner, report) = poll(
