@@ -367,13 +367,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "review" => {
                 let review = review::run(&client, &url, &settings).await?;
                 let table = format!(
-                    "{:<10} {} reviews of the sample change, every agent a process: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; largest agent RSS {:.1} MiB",
+                    "{:<10} {} reviews of the sample change, every agent a process: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; largest agent RSS {:.1} MiB; start-up p50 {:.1} ms, max {:.1} ms",
                     review.scenario,
                     review.reviews,
                     review.p50_ms,
                     review.p99_ms,
                     review.max_ms,
-                    review.max_agent_rss_mb
+                    review.max_agent_rss_mb,
+                    review.startup_ms.p50,
+                    review.startup_ms.max
                 );
                 (serde_json::to_string(&review)?, table)
             }

@@ -1,6 +1,10 @@
 //! `review`: the sample change reviewed end to end by the whole team, every agent its own
 //! process: the time from publishing `review.requested` to `review.completed` arriving, one
 //! review at a time, and the largest resident memory any agent process reached.
+//!
+//! `startup_ms`: each agent is started on its own, one after another, and timed from the
+//! process's spawn to its consumer bound and pulling: the server reports a pull request of
+//! the agent's durable consumer waiting (`num_waiting`), which an idle agent always has.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,8 @@ pub struct ReviewReport {
     pub max_agent_rss_mb: f64,
     /// Each agent's peak resident memory, in MiB.
     pub agent_rss_mb: Vec<(String, f64)>,
+    /// From an agent's process start to its consumer bound and pulling, in ms.
+    pub startup_ms: Startup,
     pub diff_bytes: usize,
 }
 
@@ -42,7 +48,9 @@ pub async fn run(
     fresh_streams(client).await?;
     let reports = tempfile::tempdir()?;
     let logs = tempfile::tempdir()?;
+    let jetstream = async_nats::jetstream::new(client.clone());
     let mut agents = Vec::new();
+    let mut startups = Vec::new();
     for name in TEAM {
         let binary = sibling_binary(name).context(
             "the review benchmark runs the agents' binaries: `cargo build --release --bins`",
@@ -52,7 +60,14 @@ pub async fn run(
             ("CHOREO_REPORTS_DIR", reports.path().display().to_string()),
             ("RUST_LOG", "warn".to_string()),
         ];
+        let started = Instant::now();
         agents.push(AgentProcess::start(&binary, env, &logs.path().join(name))?);
+        let consumer = name.trim_start_matches("choreo-");
+        wait_until_pulling(&jetstream, consumer).await?;
+        startups.push((
+            consumer.to_string(),
+            started.elapsed().as_secs_f64() * 1000.0,
+        ));
     }
     let outcome = measure(client, settings.reviews).await;
     let mut rss: Vec<(String, f64)> = agents
@@ -77,7 +92,50 @@ pub async fn run(
         max_agent_rss_mb: rss.first().map_or(0.0, |r| r.1),
         agent_rss_mb: rss,
         diff_bytes: choreo_review::samples::REFUNDS_DIFF.len(),
+        startup_ms: Startup::of(startups),
     })
+}
+
+/// How long the agents took to start, in ms.
+#[derive(Debug, Serialize)]
+pub struct Startup {
+    pub p50: f64,
+    pub max: f64,
+    pub by_agent: Vec<(String, f64)>,
+}
+
+impl Startup {
+    fn of(by_agent: Vec<(String, f64)>) -> Startup {
+        let times: Vec<f64> = by_agent.iter().map(|(_, ms)| *ms).collect();
+        Startup {
+            p50: percentile(&times, 0.50),
+            max: percentile(&times, 1.0),
+            by_agent,
+        }
+    }
+}
+
+/// The longest an agent may take to start before the benchmark gives up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until `consumer` exists and has a pull request waiting: its agent is bound and pulling.
+async fn wait_until_pulling(
+    jetstream: &async_nats::jetstream::Context,
+    consumer: &str,
+) -> anyhow::Result<()> {
+    let stream = jetstream.get_stream("EVENTS").await?;
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(info) = stream.consumer_info(consumer).await
+            && info.num_waiting > 0
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("agent {consumer} was not pulling within {STARTUP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Milliseconds from publish to report for `reviews` reviews, one at a time.
