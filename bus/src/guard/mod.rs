@@ -76,7 +76,10 @@ impl Default for GuardsConfig {
             handle_rate: None,
             publish_rates: BTreeMap::new(),
             breaker: Some(BreakerConfig::default()),
-            breaker_ignores: BTreeSet::from([HandlerErrorKind::Permanent, HandlerErrorKind::OverBudget]),
+            breaker_ignores: BTreeSet::from([
+                HandlerErrorKind::Permanent,
+                HandlerErrorKind::OverBudget,
+            ]),
         }
     }
 }
