@@ -494,26 +494,6 @@ fn compose_runs_nats_the_stream_set_up_each_agent_and_the_gateway() {
     }
 }
 
-/// The rows of the README's configuration table.
-fn documented_variables() -> BTreeSet<String> {
-    let readme = read("README.md");
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Configuration"))
-        .expect("a Configuration section in the README");
-    let variable = regex::Regex::new(r"`([A-Z][A-Z0-9_]+)`").expect("regex");
-    section
-        .lines()
-        .filter(|line| line.starts_with('|'))
-        .flat_map(|line| {
-            variable
-                .captures_iter(line)
-                .map(|c| c[1].to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[test]
 fn every_environment_variable_the_code_or_compose_reads_is_in_the_readme_table() {
     let read_by_code =
@@ -540,7 +520,7 @@ fn every_environment_variable_the_code_or_compose_reads_is_in_the_readme_table()
         variables.extend(service.environment.keys().cloned());
     }
     assert!(variables.contains("CHOREO_GATEWAY_TOKENS") && variables.contains("NATS_URL"));
-    let documented = documented_variables();
+    let documented = choreo_testkit::documented_variables();
     let missing: Vec<&String> = variables.difference(&documented).collect();
     assert!(
         missing.is_empty(),

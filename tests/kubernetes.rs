@@ -1095,26 +1095,6 @@ fn the_stream_set_up_the_nats_values_and_the_readme_agree() {
     }
 }
 
-/// The variables of the README's configuration table.
-fn documented_variables() -> BTreeSet<String> {
-    let readme = read("README.md");
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Configuration"))
-        .expect("a Configuration section in the README");
-    let variable = regex::Regex::new(r"`([A-Z][A-Z0-9_]+)`").expect("regex");
-    section
-        .lines()
-        .filter(|line| line.starts_with('|'))
-        .flat_map(|line| {
-            variable
-                .captures_iter(line)
-                .map(|c| c[1].to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[test]
 fn every_variable_the_manifests_set_is_documented_and_no_secret_is_in_plain_sight() {
     let resources = Base::load();
@@ -1131,7 +1111,7 @@ fn every_variable_the_manifests_set_is_documented_and_no_secret_is_in_plain_sigh
     for workload in workloads {
         variables.extend(workload.container().env.iter().map(|e| e.name.clone()));
     }
-    let documented = documented_variables();
+    let documented = choreo_testkit::documented_variables();
     let missing: Vec<&String> = variables
         .iter()
         .filter(|v| !documented.contains(*v) && !NOT_YET_DOCUMENTED.contains(&v.as_str()))

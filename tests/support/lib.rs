@@ -22,6 +22,32 @@ use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The variables named in the README's one configuration table: what the container, compose
+/// and Kubernetes checks hold their settings against.
+#[allow(
+    clippy::expect_used,
+    reason = "the workspace's own README and a constant pattern; a failure should fail the test"
+)]
+pub fn documented_variables() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("the workspace's README");
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Configuration"))
+        .expect("a Configuration section in the README");
+    let variable = regex::Regex::new(r"`([A-Z][A-Z0-9_]+)`").expect("a valid pattern");
+    section
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .flat_map(|line| {
+            variable
+                .captures_iter(line)
+                .map(|c| c[1].to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// How long any one condition in these tests may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
