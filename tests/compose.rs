@@ -384,6 +384,16 @@ async fn the_review_team_runs_in_compose_from_images_built_of_local_parts() -> a
         || async { Ok((project.health("gateway").await? == "healthy").then_some(())) },
     )
     .await?;
+    // Every agent serves its probes; healthy means pulling and connected to NATS.
+    for binary in TEAM {
+        let service = binary.trim_start_matches("choreo-");
+        poll(
+            &format!("agent {service} is healthy"),
+            Duration::from_millis(250),
+            || async { Ok((project.health(service).await? == "healthy").then_some(())) },
+        )
+        .await?;
+    }
     let gateway = format!("http://{}", project.published("gateway", 8080).await?);
     let nats_url = format!("nats://{}", project.published("nats", 4222).await?);
 
