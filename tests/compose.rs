@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,7 @@ use choreo_review::samples::refunds_request;
 use choreo_testkit::PATIENCE;
 use choreo_testkit::team::TEAM;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
+use choreo_testkit::workspace_root as root;
 
 /// Whether a Docker engine and docker-compose answer; when not, the test is skipped unless
 /// `CHOREO_REQUIRE_DOCKER=1`.

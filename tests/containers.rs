@@ -16,16 +16,9 @@ use std::path::{Path, PathBuf};
 use choreo_testkit::team::TEAM;
 use serde::Deserialize;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
+use choreo_testkit::workspace_root as root;
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(root().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
+use choreo_testkit::workspace_file as read;
 
 /// One Dockerfile instruction, continuation lines joined.
 #[derive(Debug)]

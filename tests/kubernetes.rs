@@ -17,7 +17,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -45,16 +45,9 @@ const IMAGE_USER: u64 = 65532;
 /// Variables the manifests set that the README's configuration table does not list yet.
 const NOT_YET_DOCUMENTED: [&str; 0] = [];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
+use choreo_testkit::workspace_root as root;
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(root().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
+use choreo_testkit::workspace_file as read;
 
 fn yaml<T: DeserializeOwned>(what: &str, text: &str) -> T {
     serde_saphyr::from_str(text).unwrap_or_else(|err| panic!("{what}: {err}"))

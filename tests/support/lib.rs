@@ -22,6 +22,28 @@ use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The workspace's root folder: where the deployment files and the README are.
+#[allow(
+    clippy::expect_used,
+    reason = "this crate lives one folder below the workspace"
+)]
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// A file of the workspace, as text; a missing one fails the test, naming it.
+#[allow(
+    clippy::panic,
+    reason = "a missing workspace file should fail the test"
+)]
+pub fn workspace_file(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path))
+        .unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
 /// The variables named in the README's one configuration table: what the container, compose
 /// and Kubernetes checks hold their settings against.
 #[allow(
@@ -29,8 +51,7 @@ use tokio::task::JoinHandle;
     reason = "the workspace's own README and a constant pattern; a failure should fail the test"
 )]
 pub fn documented_variables() -> std::collections::BTreeSet<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(&path).expect("the workspace's README");
+    let readme = workspace_file("README.md");
     let section = readme
         .split("\n## ")
         .find(|s| s.starts_with("Configuration"))
