@@ -175,13 +175,13 @@ impl RootEvent {
                 tp
             }
             None => match generated {
-                Some(uuid) => TraceParent::root_from_uuid(&uuid).to_string(),
-                None => TraceParent::root_for(&id).to_string(),
+                Some(uuid) => TraceParent::root_from_uuid(&uuid).encode(),
+                None => TraceParent::root_for(&id).encode(),
             },
         };
         Ok(Event {
             id,
-            r#type: self.emit.event_type.to_string(),
+            r#type: self.emit.event_type.into(),
             source: self.source,
             time: Some(self.time.unwrap_or_else(SystemTime::now).into()),
             correlation_id,
@@ -298,11 +298,11 @@ pub(crate) fn stamp_with_id(parent: &Event, agent: &AgentName, id: String, emit:
     let traceparent = TraceParent::parse(&parent.traceparent)
         .unwrap_or_else(|| TraceParent::root_for(&parent.correlation_id))
         .child_for(&id)
-        .to_string();
+        .encode();
     Event {
         id,
-        r#type: emit.event_type.to_string(),
-        source: agent.to_string(),
+        r#type: emit.event_type.into(),
+        source: agent.as_str().to_owned(),
         time: Some(SystemTime::now().into()),
         correlation_id: parent.correlation_id.clone(),
         causation_id: parent.id.clone(),
@@ -449,11 +449,10 @@ impl TraceParent {
     pub fn trace_id_hex(&self) -> String {
         encode_hex(&self.trace_id)
     }
-}
 
-impl std::fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Written into one buffer: this runs for every event published.
+    /// The `traceparent` text, `00-<trace id>-<span id>-<flags>`. Written into one buffer of
+    /// the right size rather than through `Display`: this runs for every event published.
+    pub fn encode(&self) -> String {
         let mut out = String::with_capacity(55);
         out.push_str("00-");
         push_hex(&mut out, &self.trace_id);
@@ -461,7 +460,13 @@ impl std::fmt::Display for TraceParent {
         push_hex(&mut out, &self.span_id);
         out.push('-');
         push_hex(&mut out, &[self.flags]);
-        f.write_str(&out)
+        out
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.encode())
     }
 }
 

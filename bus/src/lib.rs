@@ -45,7 +45,7 @@ pub use choreo_proto::v1::{DeadLetter, Event};
 pub use connect::{InitialConnect, NatsConfig};
 pub use envelope::{Emit, RootEvent};
 pub use names::{AgentName, EventType, Namespace, ValidationError};
-pub use publish::{PublishError, Published, Publisher};
+pub use publish::{PublishError, Published, Publisher, Stored};
 pub use runtime::{
     Agent, Handler, HandlerError, HandlerErrorKind, Incoming, Runtime, RuntimeConfig, handler_fn,
 };

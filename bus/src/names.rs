@@ -141,6 +141,12 @@ impl fmt::Display for EventType {
     }
 }
 
+impl From<EventType> for String {
+    fn from(event_type: EventType) -> String {
+        event_type.0
+    }
+}
+
 impl TryFrom<&str> for EventType {
     type Error = ValidationError;
     fn try_from(value: &str) -> Result<Self, Self::Error> {
@@ -241,7 +247,13 @@ impl Namespace {
 
     /// The subject of one event: `<ns>.<correlation_id>.<type tokens>`.
     pub fn event_subject(&self, correlation_id: &str, event_type: &str) -> String {
-        format!("{}.{correlation_id}.{event_type}", self.0)
+        // Pushed rather than formatted: this runs for every event published.
+        let mut subject =
+            String::with_capacity(self.0.len() + correlation_id.len() + event_type.len() + 2);
+        for part in [self.0.as_str(), ".", correlation_id, ".", event_type] {
+            subject.push_str(part);
+        }
+        subject
     }
 
     /// The filter that matches one event type in every correlation.

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self, context::PublishErrorKind, publish::PublishAck, response::Response,
 };
+use async_nats::{HeaderMap, HeaderName};
 use choreo_proto::v1::Event;
 use prost::Message;
 
@@ -34,6 +34,16 @@ pub mod headers {
 }
 
 /// The stream's answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The event's sequence in the stream (the original's, for a duplicate).
+    pub stream_sequence: u64,
+    /// True when the stream already held an event with this id: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// An event the stream stored, with the ids a caller reports: what
+/// [`Publisher::publish_root`] answers, since its caller does not hold the envelope it built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub event_id: String,
@@ -42,6 +52,18 @@ pub struct Published {
     pub stream_sequence: u64,
     /// True when the stream already held an event with this id: nothing new was stored.
     pub duplicate: bool,
+}
+
+impl Published {
+    /// `event`, which the stream answered with `stored`.
+    pub fn of(event: &Event, stored: Stored) -> Self {
+        Published {
+            event_id: event.id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            stream_sequence: stored.stream_sequence,
+            duplicate: stored.duplicate,
+        }
+    }
 }
 
 /// Why an event was not stored.
@@ -248,6 +270,9 @@ pub(crate) async fn publish_confirmed(
 
 /// A publish that was sent but whose acknowledgement is still to come. Await [`PendingPublish::confirmed`]
 /// to learn whether the stream stored it. Many can be in flight at once.
+///
+/// It holds only what explaining a failure needs; the caller holds the event (the ids are not
+/// copied into every publish in flight).
 #[derive(Debug)]
 pub struct PendingPublish {
     ack: jetstream::context::PublishAckFuture,
@@ -255,12 +280,10 @@ pub struct PendingPublish {
     jetstream: Arc<jetstream::Context>,
     subject: String,
     size: usize,
-    event_id: String,
-    correlation_id: String,
 }
 
 impl PendingPublish {
-    pub async fn confirmed(self) -> Result<Published, PublishError> {
+    pub async fn confirmed(self) -> Result<Stored, PublishError> {
         let ack = match self.ack.await {
             Ok(ack) => ack,
             // Boxed: the classification asks the server questions, and its future inlined
@@ -276,9 +299,7 @@ impl PendingPublish {
                 .await);
             }
         };
-        Ok(Published {
-            event_id: self.event_id,
-            correlation_id: self.correlation_id,
+        Ok(Stored {
             stream_sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
@@ -318,7 +339,13 @@ impl Publisher {
     /// ```
     pub async fn publish_root(&self, root: RootEvent) -> Result<Published, PublishError> {
         let event = root.into_event()?;
-        self.send_event(&event).await?.confirmed().await
+        let stored = self.send_event(&event).await?.confirmed().await?;
+        Ok(Published {
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            stream_sequence: stored.stream_sequence,
+            duplicate: stored.duplicate,
+        })
     }
 
     /// Sends a complete envelope without waiting for the stream's acknowledgement.
@@ -334,7 +361,10 @@ impl Publisher {
         emitted: usize,
     ) -> Result<PendingPublish, PublishError> {
         let mut headers = event_headers(event);
-        headers.insert(headers::EMITTED, emitted.to_string().as_str());
+        headers.insert(
+            const { HeaderName::from_static(headers::EMITTED) },
+            itoa::Buffer::new().format(emitted),
+        );
         self.send_with_headers(event, headers).await
     }
 
@@ -369,20 +399,31 @@ impl Publisher {
             jetstream: Arc::clone(&self.jetstream),
             subject,
             size,
-            event_id: event.id.clone(),
-            correlation_id: event.correlation_id.clone(),
         })
     }
 }
 
 /// The headers every event message carries.
+///
+/// Names are made at compile time (a name given as `&str` is checked and looked up among
+/// NATS's standard ones on every insert) and numbers written without `fmt`: this runs for
+/// every event published.
 pub(crate) fn event_headers(event: &Event) -> HeaderMap {
     let mut map = HeaderMap::new();
-    map.insert(headers::MSG_ID, event.id.as_str());
+    map.insert(
+        const { HeaderName::from_static(headers::MSG_ID) },
+        event.id.as_str(),
+    );
     if !event.causation_id.is_empty() {
-        map.insert(headers::CAUSATION_ID, event.causation_id.as_str());
+        map.insert(
+            const { HeaderName::from_static(headers::CAUSATION_ID) },
+            event.causation_id.as_str(),
+        );
     }
-    map.insert(headers::DEPTH, event.depth.to_string().as_str());
+    map.insert(
+        const { HeaderName::from_static(headers::DEPTH) },
+        itoa::Buffer::new().format(event.depth),
+    );
     map
 }
 
@@ -540,5 +581,48 @@ mod tests {
         assert!(!refused.is_retryable());
         let too_large = answered(NatsPublishError::new(PublishErrorKind::MaxPayloadExceeded));
         assert!(matches!(too_large, PublishError::TooLarge { size: 10 }));
+    }
+
+    #[test]
+    fn event_headers_carry_the_id_the_cause_and_the_depth() {
+        use crate::envelope::{Emit, stamp_child};
+        use crate::names::{AgentName, EventType};
+
+        let emit = || {
+            Emit::new(
+                EventType::new("a.b").expect("type"),
+                "text/plain",
+                "x".into(),
+            )
+        };
+        let root = RootEvent::new(emit(), "test").into_event().expect("valid");
+        let agent = AgentName::new("agent").expect("name");
+        let mut child = stamp_child(&root, &agent, 0, emit());
+        child.depth = 12;
+
+        let root_headers = event_headers(&root);
+        assert_eq!(
+            root_headers.get(headers::MSG_ID).map(|v| v.as_str()),
+            Some(root.id.as_str())
+        );
+        assert_eq!(root_headers.get(headers::CAUSATION_ID), None);
+        assert_eq!(
+            root_headers.get(headers::DEPTH).map(|v| v.as_str()),
+            Some("0")
+        );
+
+        let child_headers = event_headers(&child);
+        assert_eq!(
+            child_headers.get(headers::MSG_ID).map(|v| v.as_str()),
+            Some(child.id.as_str())
+        );
+        assert_eq!(
+            child_headers.get(headers::CAUSATION_ID).map(|v| v.as_str()),
+            Some(root.id.as_str())
+        );
+        assert_eq!(
+            child_headers.get(headers::DEPTH).map(|v| v.as_str()),
+            Some("12")
+        );
     }
 }

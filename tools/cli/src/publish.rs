@@ -63,16 +63,13 @@ pub async fn run(args: PublishArgs) -> Result<(), Failure> {
         );
     }
     for (sent, event) in pending.into_iter().zip(&events) {
-        let published = sent.confirmed().await.map_err(|err| failed(err, event))?;
-        let note = if published.duplicate {
+        let stored = sent.confirmed().await.map_err(|err| failed(err, event))?;
+        let note = if stored.duplicate {
             "  (already stored: not published again)"
         } else {
             ""
         };
-        println!(
-            "event {}  run {}{note}",
-            published.event_id, published.correlation_id
-        );
+        println!("event {}  run {}{note}", event.id, event.correlation_id);
     }
     Ok(())
 }

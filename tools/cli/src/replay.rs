@@ -161,17 +161,14 @@ async fn copy_roots(
             format!("{namespace}/{correlation}/{}", root.id),
         );
         root.correlation_id = target.to_string();
-        let published = publisher
+        publisher
             .send_event(&root)
             .await
             .map_err(Failure::publish)?
             .confirmed()
             .await
             .map_err(Failure::publish)?;
-        println!(
-            "copied {} {} into {sandbox}",
-            root.r#type, published.event_id
-        );
+        println!("copied {} {} into {sandbox}", root.r#type, root.id);
     }
     println!(
         "run {sandbox}/{target} started; start agents with --namespace {sandbox} (or \

@@ -54,7 +54,7 @@ pub async fn run(args: ReviewArgs) -> Result<(), Failure> {
         root = root.with_id(id);
     }
     let event = root.into_event().map_err(Failure::data)?;
-    let published = async { publisher.send_event(&event).await?.confirmed().await }
+    async { publisher.send_event(&event).await?.confirmed().await }
         .await
         .map_err(|err| {
             let failure = Failure::publish(err);
@@ -70,8 +70,8 @@ pub async fn run(args: ReviewArgs) -> Result<(), Failure> {
         })?;
     println!(
         "review of {files} file(s) requested: event {}  run {}",
-        published.event_id, published.correlation_id
+        event.id, event.correlation_id
     );
-    println!("follow it with: choreo trace {}", published.correlation_id);
+    println!("follow it with: choreo trace {}", event.correlation_id);
     Ok(())
 }

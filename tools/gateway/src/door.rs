@@ -70,9 +70,9 @@ impl Door {
             pending.push(sent.map_err(|err| refusal(&err, &self.nats_url, 0, events.len()))?);
         }
         let mut published = Vec::with_capacity(events.len());
-        for sent in pending {
+        for (sent, event) in pending.into_iter().zip(events) {
             match sent.confirmed().await {
-                Ok(stored) => published.push(stored),
+                Ok(stored) => published.push(Published::of(event, stored)),
                 Err(err) => {
                     return Err(refusal(&err, &self.nats_url, published.len(), events.len()));
                 }
