@@ -146,6 +146,7 @@ impl RootEvent {
     /// Validates every field and builds the envelope, with `time` now.
     pub fn into_event(self) -> Result<Event, ValidationError> {
         validate_label("source", &self.source)?;
+        let now = SystemTime::now();
         // A generated id is a UUIDv7 whose 74 random bits make a good trace id too.
         let (id, generated) = match self.id {
             Some(id) => {
@@ -153,7 +154,7 @@ impl RootEvent {
                 (id, None)
             }
             None => {
-                let uuid = Uuid::now_v7();
+                let uuid = uuid_v7_at(now);
                 (encode_uuid(&uuid), Some(uuid))
             }
         };
@@ -183,7 +184,7 @@ impl RootEvent {
             id,
             r#type: self.emit.event_type.into(),
             source: self.source,
-            time: Some(self.time.unwrap_or_else(SystemTime::now).into()),
+            time: Some(self.time.unwrap_or(now).into()),
             correlation_id,
             causation_id: String::new(),
             depth: 0,
@@ -199,7 +200,22 @@ impl RootEvent {
 
 /// A fresh, time-sortable event id (UUIDv7, hyphenated).
 pub fn new_event_id() -> String {
-    encode_uuid(&Uuid::now_v7())
+    encode_uuid(&uuid_v7_at(SystemTime::now()))
+}
+
+/// A UUIDv7 for `time`: its milliseconds, then 74 random bits. Ids made in the same
+/// millisecond sort in no particular order among themselves (`Uuid::now_v7` would order them
+/// with a counter behind a process-wide lock, and read the clock again); nothing here needs
+/// that, and the clock read is shared with the event's `time` on every publish.
+fn uuid_v7_at(time: SystemTime) -> Uuid {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    ))
 }
 
 /// Hyphenated lower-case form, written directly (it is on every publish's path).
@@ -517,6 +533,19 @@ mod tests {
         assert_eq!(event.depth, 0);
         assert!(TraceParent::parse(&event.traceparent).is_some());
         assert_eq!(decode(&event.encode_to_vec()[..]).expect("decodes"), event);
+    }
+
+    #[test]
+    fn a_generated_id_is_a_uuid_v7_of_the_event_time() {
+        let event = root();
+        let time = event.time.expect("a time");
+        let millis = u64::try_from(time.seconds).expect("after 1970") * 1000
+            + u64::try_from(time.nanos).expect("positive") / 1_000_000;
+        let uuid = Uuid::parse_str(&event.id).expect("a uuid");
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(uuid_millis(&event.id), Some(millis));
+        let other = root();
+        assert_ne!(other.id, event.id);
     }
 
     #[test]
