@@ -10,6 +10,12 @@
 //! what a CLI wants; agents in containers that may start before NATS choose
 //! [`InitialConnect::Retry`].
 //!
+//! A connection that goes silent without closing (a node cut off the network, a host gone)
+//! is only found by pings: the client pings every `NATS_PING_INTERVAL` (10 s, where async-nats
+//! would wait a minute) and takes the connection for dead when two pings go unanswered, then
+//! reconnects to another server of `NATS_URL`. So a cut-off node costs its clients about three
+//! intervals, not three minutes.
+//!
 //! # Secrets
 //!
 //! Passwords, tokens and nkey seeds are [`SecretString`]s, so a configuration can be logged
@@ -61,7 +67,15 @@ pub struct NatsConfig {
     pub initial_connect: InitialConnect,
     /// How long one connection attempt may take. Default 5 s.
     pub connect_timeout: Option<Duration>,
+    /// How often the client pings the server; see the module's notes. Default
+    /// [`DEFAULT_PING_INTERVAL`].
+    pub ping_interval: Option<Duration>,
 }
+
+/// How often a client pings its server when nothing says otherwise: a silent connection is
+/// given up after two unanswered pings, so this bounds how long a cut-off node holds its
+/// clients.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The server URL used when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -81,7 +95,7 @@ pub struct NatsVar {
 /// Every variable [`NatsConfig::from_env`] reads, in the order `--help` lists them. This is the
 /// one list: `from_env` reads by it and [`env_help`] renders it, so no help names a variable
 /// that nothing reads.
-pub const NATS_ENV: [NatsVar; 11] = [
+pub const NATS_ENV: [NatsVar; 12] = [
     NatsVar {
         name: "NATS_URL",
         meaning: "server URL(s), comma-separated",
@@ -181,6 +195,24 @@ pub const NATS_ENV: [NatsVar; 11] = [
         },
     },
     NatsVar {
+        name: "NATS_PING_INTERVAL",
+        meaning: "how often to ping the server; two unanswered pings and the client reconnects \
+                  elsewhere",
+        default: Some("10s"),
+        apply: |config, value| {
+            let interval = humantime::parse_duration(&value)
+                .ok()
+                .filter(|interval| !interval.is_zero())
+                .ok_or_else(|| {
+                    ConnectError::Config(format!(
+                        "NATS_PING_INTERVAL={value:?}: give a duration such as 10s or 500ms"
+                    ))
+                })?;
+            config.ping_interval = Some(interval);
+            Ok(())
+        },
+    },
+    NatsVar {
         name: "NATS_CLIENT_NAME",
         meaning: "name in the server's connection list",
         default: Some("the process's name"),
@@ -266,7 +298,8 @@ impl NatsConfig {
     /// Connects with these settings.
     pub async fn connect(&self) -> Result<async_nats::Client, ConnectError> {
         let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(5)));
+            .connection_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(5)))
+            .ping_interval(self.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL));
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.expose_secret().into());
         } else if self.user.is_some() || self.password.is_some() {
@@ -404,6 +437,7 @@ mod tests {
             ("NATS_TLS_CERT", "client.pem"),
             ("NATS_REQUIRE_TLS", "true"),
             ("NATS_TOKEN", ""),
+            ("NATS_PING_INTERVAL", "3s"),
         ];
         let lookup = |name: &str| {
             vars.iter()
@@ -420,6 +454,7 @@ mod tests {
         assert_eq!(config.tls_cert, Some(PathBuf::from("client.pem")));
         assert!(config.require_tls);
         assert!(config.token.is_none(), "empty counts as unset");
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(3)));
 
         let defaults = NatsConfig::from_vars(|_| None).expect("valid");
         assert_eq!(defaults.servers, [DEFAULT_URL]);
@@ -429,6 +464,13 @@ mod tests {
             NatsConfig::from_vars(|name| (name == "NATS_REQUIRE_TLS").then(|| "maybe".to_string()))
                 .expect_err("not a boolean");
         assert!(err.to_string().contains("NATS_REQUIRE_TLS"), "{err}");
+        for bad in ["soon", "0s"] {
+            let err = NatsConfig::from_vars(|name| {
+                (name == "NATS_PING_INTERVAL").then(|| bad.to_string())
+            })
+            .expect_err("not a positive duration");
+            assert!(err.to_string().contains("NATS_PING_INTERVAL"), "{err}");
+        }
     }
 
     #[test]
