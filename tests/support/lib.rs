@@ -5,6 +5,7 @@
 //! The bus's conformance suite (`bus/tests/`) and the multi-agent and fault tests in this
 //! directory share it.
 
+pub mod compose;
 pub mod team;
 
 use std::future::Future;

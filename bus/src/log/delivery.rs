@@ -63,6 +63,11 @@ const FIRST_RESTART_PAUSE: Duration = Duration::from_millis(250);
 /// How long the server keeps a consumer nobody asks: a read dropped before its end, or
 /// replaced after a gap, leaves its consumer behind this long.
 const INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
+/// Tries at creating a read's consumer when the server does not answer, and how long each
+/// but the last (which waits as long as the context says) is given: the server makes one in
+/// milliseconds, or never when it placed it on a server that is gone (see `subscribe`).
+const PLACEMENT_ATTEMPTS: u32 = 6;
+const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The header of an expired request's status: how many of its messages never came.
 const PENDING_MESSAGES: &str = "Nats-Pending-Messages";
 
@@ -333,19 +338,50 @@ async fn subscribe(
         inactive_threshold: INACTIVE_THRESHOLD,
         ..pull::Config::default()
     };
-    let consumer = jetstream
-        .create_consumer_on_stream(config, stream)
-        .await
-        .map_err(|err| match err.kind() {
-            ConsumerErrorKind::JetStream(server)
-                if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+    // On a replicated stream the server places a one-replica consumer on one of the stream's
+    // peers, at random, and it takes a peer that was killed for gone only minutes later
+    // (nats-server's orphan check: 150 s without a heartbeat, checked every 90 s). Placed
+    // there, the consumer is never made and the request times out; placed on a live peer it
+    // is made in milliseconds. So a timeout is asked again, soon, a few times: each try lands
+    // on the dead peer a third of the time on three servers. (A consumer with the stream's
+    // replicas is no way out: its group waits for an election that the dead peer, if the
+    // server preferred it, holds up for longer than a read should wait.)
+    let mut quick = jetstream.clone();
+    quick.set_timeout(PLACEMENT_TIMEOUT);
+    let mut attempt = 1;
+    let created = loop {
+        let asked = if attempt < PLACEMENT_ATTEMPTS {
+            &quick
+        } else {
+            jetstream
+        };
+        match asked
+            .create_consumer_on_stream(config.clone(), stream)
+            .await
+        {
+            Err(err)
+                if err.kind() == ConsumerErrorKind::TimedOut && attempt < PLACEMENT_ATTEMPTS =>
             {
-                LogError::NoStream {
-                    stream: stream.to_string(),
-                }
+                tracing::debug!(
+                    stream,
+                    attempt,
+                    "the read's consumer was not made in time; asking again"
+                );
+                attempt += 1;
             }
-            _ => unavailable(err.to_string()),
-        })?;
+            created => break created,
+        }
+    };
+    let consumer = created.map_err(|err| match err.kind() {
+        ConsumerErrorKind::JetStream(server)
+            if server.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            LogError::NoStream {
+                stream: stream.to_string(),
+            }
+        }
+        _ => unavailable(err.to_string()),
+    })?;
     // The server may cap requests (`max_request_batch`); a larger one would be refused.
     let batch = match usize::try_from(consumer.cached_info().config.max_batch) {
         Ok(cap) if cap > 0 => BATCH.min(cap),
