@@ -55,7 +55,7 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     project.wait_healthy(&team_services()).await?;
     let up_at = started.elapsed();
 
-    let cluster = Cluster { project };
+    let cluster = Cluster::new(project).await?;
     let gateway = Gateway {
         http: reqwest::Client::new(),
         url: format!("http://{}", project.published("gateway", 8080).await?),
@@ -80,9 +80,11 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     let container = project.container(&leader).await?;
     let fault = Instant::now();
     docker(&["kill", &container]).await?;
-    let posted = reviews.post_many(DURING).await?;
-    let new_leader = cluster.wait_for_leader(&leader).await?;
-    let elected = fault.elapsed();
+    let (posted, elected) = tokio::join!(
+        reviews.post_many(DURING),
+        cluster.wait_for_leader(&leader, fault)
+    );
+    let (posted, (new_leader, elected)) = (posted?, elected?);
     let log = cluster.log(Some(&leader)).await?;
     wait_delivered(&log, &reviews.runs()).await?;
     let killed = reviews
@@ -90,6 +92,7 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
         .await?;
     eprintln!("{killed}; {new_leader} leads now");
     checked(&mut project.compose(&["start", &leader])).await?;
+    cluster.refresh(node_named(&leader)?).await?;
     cluster.wait_all_current().await?;
 
     // 2. The node leading now cut off the network while reviews are in flight, then let back.
@@ -99,9 +102,11 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     reviews.post_many(BEFORE).await?;
     let fault = Instant::now();
     docker(&["network", "disconnect", &network, &container]).await?;
-    let posted = reviews.post_many(DURING).await?;
-    let new_leader = cluster.wait_for_leader(&cut).await?;
-    let elected = fault.elapsed();
+    let (posted, elected) = tokio::join!(
+        reviews.post_many(DURING),
+        cluster.wait_for_leader(&cut, fault)
+    );
+    let (posted, (new_leader, elected)) = (posted?, elected?);
     let log = cluster.log(Some(&cut)).await?;
     wait_delivered(&log, &reviews.runs()).await?;
     let partitioned = reviews
@@ -137,25 +142,55 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `name` as one of [`NODES`].
+fn node_named(name: &str) -> anyhow::Result<&'static str> {
+    NODES
+        .into_iter()
+        .find(|node| *node == name)
+        .with_context(|| format!("{name} is not a node of compose.cluster.yaml"))
+}
+
 /// The three nodes of a project, asked from the host through their published ports.
 struct Cluster<'a> {
     project: &'a Project,
+    /// Where the host reaches each node: asked once, and again for a node started again (it
+    /// is published on a new port).
+    urls: std::sync::Mutex<BTreeMap<&'static str, String>>,
 }
 
-impl Cluster<'_> {
-    /// The URLs the host reaches the nodes on, but `except`'s (a node cut off: a connection
-    /// to it would hang until the client gave it up). Asked each time: a node started again
-    /// is published on a new port.
-    async fn urls(&self, except: Option<&str>) -> anyhow::Result<Vec<String>> {
-        let mut urls = Vec::new();
-        for node in NODES.iter().filter(|node| Some(**node) != except) {
-            if let Ok(address) = self.project.published(node, 4222).await
-                && !address.is_empty()
-            {
-                urls.push(format!("nats://{address}"));
-            }
+impl<'a> Cluster<'a> {
+    async fn new(project: &'a Project) -> anyhow::Result<Cluster<'a>> {
+        let cluster = Cluster {
+            project,
+            urls: Default::default(),
+        };
+        for node in NODES {
+            cluster.refresh(node).await?;
         }
-        Ok(urls)
+        Ok(cluster)
+    }
+
+    /// Asks compose where the host reaches `node` now.
+    async fn refresh(&self, node: &'static str) -> anyhow::Result<()> {
+        let address = self.project.published(node, 4222).await?;
+        self.urls
+            .lock()
+            .unwrap()
+            .insert(node, format!("nats://{address}"));
+        Ok(())
+    }
+
+    /// The URLs of the nodes but `except` (a node cut off: a connection to it would hang until
+    /// the client gave it up).
+    async fn urls(&self, except: Option<&str>) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .urls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(node, _)| Some(**node) != except)
+            .map(|(_, url)| url.clone())
+            .collect())
     }
 
     /// A JetStream context on the nodes but `except`.
@@ -185,9 +220,14 @@ impl Cluster<'_> {
             .context("EVENTS reports no leader")
     }
 
-    /// Waits until a node other than `old` leads `EVENTS` (asked without `old`), and returns it.
-    async fn wait_for_leader(&self, old: &str) -> anyhow::Result<String> {
-        poll(
+    /// Waits until a node other than `old` leads `EVENTS` (asked without `old`), and returns it
+    /// with the time since `fault`.
+    async fn wait_for_leader(
+        &self,
+        old: &str,
+        fault: Instant,
+    ) -> anyhow::Result<(String, Duration)> {
+        let leader = poll(
             &format!("a node other than {old} leads EVENTS"),
             Duration::from_millis(250),
             || async {
@@ -198,7 +238,8 @@ impl Cluster<'_> {
                 })
             },
         )
-        .await
+        .await?;
+        Ok((leader, fault.elapsed()))
     }
 
     /// Waits until every replica of `EVENTS` is online and has caught up with the leader.
