@@ -317,20 +317,32 @@ async fn info(connection: &Connection, namespace: &Namespace) -> Result<(), Fail
             format_time(state.last_timestamp),
             info.config.num_replicas,
         );
-        let consumers: Vec<_> = stream
-            .consumers()
+        // Names first (the metadata leader answers), then each consumer's state from its own
+        // leader: with a server down, the server's full listing leaves out the consumers
+        // that server led and pages through the rest again.
+        let mut names: Vec<String> = stream
+            .consumer_names()
             .try_collect()
             .await
             .map_err(|err| Failure::unavailable(err.to_string()))?;
-        for consumer in consumers.iter().filter(|c| c.config.durable_name.is_some()) {
-            println!(
-                "  consumer {:<20} pending {}  in flight {}  redelivered {}  acknowledged through {}",
-                consumer.name,
-                consumer.num_pending,
-                consumer.num_ack_pending,
-                consumer.num_redelivered,
-                consumer.ack_floor.stream_sequence
-            );
+        names.sort();
+        for name in names {
+            match stream.consumer_info(&name).await {
+                Ok(consumer) if consumer.config.durable_name.is_some() => println!(
+                    "  consumer {:<20} pending {}  in flight {}  redelivered {}  acknowledged through {}",
+                    consumer.name,
+                    consumer.num_pending,
+                    consumer.num_ack_pending,
+                    consumer.num_redelivered,
+                    consumer.ack_floor.stream_sequence
+                ),
+                // A read's consumer, gone when the read ends.
+                Ok(_) => {}
+                Err(err) => println!(
+                    "  consumer {name:<20} did not answer ({err}): the server leading it may \
+                     be down, or its replicas electing"
+                ),
+            }
         }
     }
     Ok(())

@@ -249,3 +249,43 @@ async fn a_stream_with_other_subjects_is_refused_even_with_update_and_nothing_ch
     }
     Ok(())
 }
+
+/// `streams info` with a server killed: every durable consumer is named once, with its state
+/// or with a word that it did not answer. (The server's own full listing leaves out the
+/// consumers the lost server led and pages through the rest again and again.)
+#[tokio::test]
+async fn info_names_each_consumer_once_while_a_server_is_down() -> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start().await?;
+    let ensured = choreo(
+        &cluster,
+        &["streams", "ensure", "--replicas", "3", "--wait", "60s"],
+    )
+    .await?;
+    expect_code(&ensured, 0, &cluster);
+    let client = async_nats::connect(cluster.urls()).await?;
+    let events = jetstream::new(client).get_stream("EVENTS").await?;
+    // Enough consumers that the server to be killed leads some of them.
+    let names: Vec<String> = (0..6).map(|n| format!("agent-{n}")).collect();
+    for name in &names {
+        events
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ..Default::default()
+            })
+            .await?;
+    }
+    cluster.kill(0)?;
+    // While the cluster elects, the command says to retry (69); asked once it has settled.
+    cluster.wait_for_stream_leader("EVENTS", Some(0)).await?;
+    let info = choreo(&cluster, &["streams", "info"]).await?;
+    expect_code(&info, 0, &cluster);
+    let listed = stdout(&info);
+    for name in &names {
+        assert_eq!(
+            listed.matches(&format!("consumer {name} ")).count(),
+            1,
+            "{name}:\n{listed}"
+        );
+    }
+    Ok(())
+}
