@@ -888,6 +888,34 @@ async fn shutdown_finishes_and_acks_events_in_hand_and_loses_none() -> anyhow::R
 /// A real fault: whether a kill lands between a publish and its ack varies from run to run, so
 /// the deterministic check of deduplication on redelivery is the lost-ack test above; this one
 /// shows reconnection, and that the promise holds under an actual crash of the server.
+/// A stop asked for while the server is gone (a SIGTERM as a node is lost, `docker stop` on a
+/// host cut off) is done within the graces: the last flush of acks is not waited on forever.
+#[tokio::test]
+async fn an_agent_told_to_stop_with_its_server_gone_stops() -> anyhow::Result<()> {
+    let mut bus = Bus::start().await?;
+    let agent = bus
+        .run(
+            relay("stranded"),
+            handler_fn(|event: Incoming| async move { relay_child(&event) }),
+            quick_config(),
+        )
+        .await?;
+    bus.publish("in.put", json!(1), Some("run-1")).await?;
+    wait_until("the event is handled", || async {
+        Ok(bus.events("events.*.out.put").await?.len() == 1)
+    })
+    .await?;
+    bus.server.kill();
+    // Told to stop once clients have seen the server go (the agent's connection, like the
+    // test's, is then trying to reconnect), it stops within the test kit's patience (60 s);
+    // before the last flush was bounded, it never did.
+    wait_until("the server's clients see it gone", || async {
+        Ok(bus.client.connection_state() != async_nats::connection::State::Connected)
+    })
+    .await?;
+    agent.stop().await
+}
+
 #[tokio::test]
 async fn a_server_killed_and_restarted_midstream_loses_nothing_and_stores_nothing_twice()
 -> anyhow::Result<()> {

@@ -96,6 +96,8 @@ use worker::{Held, Worker};
 pub const HANDLER_BREAKER: &str = "handler";
 /// After the shutdown grace, how long cancelled handlings get to hand their events back.
 const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for NATS to take its last acks and hand-backs.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the runtime could not run.
 #[derive(Debug, thiserror::Error)]
@@ -285,8 +287,19 @@ impl<H: Handler> Runtime<H> {
             }
         }
         companions.abort_all();
-        if let Err(err) = self.client.flush().await {
-            warn!(error = %err, "could not flush acks on shutdown; unacked events will be redelivered");
+        // Bounded: with the server gone, a flush waits for the reconnection, and the process
+        // would ignore its SIGTERM until killed. What is not flushed is redelivered.
+        match tokio::time::timeout(FLUSH_GRACE, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(error = %err, "could not flush acks on shutdown; unacked events will be redelivered");
+            }
+            Err(_) => {
+                warn!(
+                    ?FLUSH_GRACE,
+                    "NATS did not take the last acks in time (is it reachable?); unacked events will be redelivered"
+                );
+            }
         }
         info!(%agent, "stopped");
         Ok(())
