@@ -17,9 +17,10 @@
 //! nothing until it is scraped.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,6 +81,33 @@ struct Inner {
     breaker_state: Family<Breaker, Gauge>,
     breaker_transitions: Family<Transition, Counter>,
     ready: AtomicBool,
+    /// The process's totals, for its Services API stats (`runtime::presence`).
+    totals: Totals,
+}
+
+/// Totals over every event type, kept beside the labelled families so a summary needs no walk
+/// over them.
+#[derive(Debug, Default)]
+struct Totals {
+    handled: AtomicU64,
+    failed: AtomicU64,
+    handling_nanos: AtomicU64,
+    handlings: AtomicU64,
+    breakers: std::sync::Mutex<BTreeMap<String, &'static str>>,
+}
+
+/// What one agent process has done, for `choreo agents` (through `$SRV.STATS`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Deliveries handled and acknowledged.
+    pub handled: u64,
+    /// Deliveries whose handling failed: retried later or dead-lettered.
+    pub failed: u64,
+    /// The mean time from a handler's start to its answer, in milliseconds.
+    pub average_handling_ms: f64,
+    pub in_flight: i64,
+    /// Each breaker's state: `closed`, `half_open` or `open`.
+    pub breakers: BTreeMap<String, String>,
 }
 
 impl AgentMetrics {
@@ -143,12 +171,21 @@ impl AgentMetrics {
                 breaker_state,
                 breaker_transitions,
                 ready: AtomicBool::new(false),
+                totals: Totals::default(),
             }),
         }
     }
 
     /// A delivery of `event_type` was settled with `outcome` (see the module's table).
     pub(crate) fn settled(&self, event_type: &str, outcome: &'static str) {
+        let total = match outcome {
+            "handled" => Some(&self.inner.totals.handled),
+            "retried" | "dead_lettered" => Some(&self.inner.totals.failed),
+            _ => None,
+        };
+        if let Some(total) = total {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
         self.inner
             .handled
             .get_or_create(&Handled {
@@ -159,6 +196,12 @@ impl AgentMetrics {
     }
 
     pub(crate) fn handled_in(&self, event_type: &str, seconds: f64) {
+        let totals = &self.inner.totals;
+        // Whole nanoseconds: a handling is never near the 584 years a u64 holds.
+        totals
+            .handling_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        totals.handlings.fetch_add(1, Ordering::Relaxed);
         self.inner
             .duration
             .get_or_create(&OfType {
@@ -190,6 +233,12 @@ impl AgentMetrics {
             BreakerState::Open => 2,
         };
         self.inner
+            .totals
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(breaker.to_string(), state.as_str());
+        self.inner
             .breaker_state
             .get_or_create(&Breaker {
                 breaker: breaker.to_string(),
@@ -203,6 +252,30 @@ impl AgentMetrics {
                     to: state.as_str(),
                 })
                 .inc();
+        }
+    }
+
+    /// What this process has done so far.
+    pub fn summary(&self) -> Summary {
+        let totals = &self.inner.totals;
+        let handlings = totals.handlings.load(Ordering::Relaxed);
+        let nanos = totals.handling_nanos.load(Ordering::Relaxed);
+        Summary {
+            handled: totals.handled.load(Ordering::Relaxed),
+            failed: totals.failed.load(Ordering::Relaxed),
+            average_handling_ms: if handlings == 0 {
+                0.0
+            } else {
+                nanos as f64 / handlings as f64 / 1e6
+            },
+            in_flight: self.inner.in_flight.get(),
+            breakers: totals
+                .breakers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(name, state)| (name.clone(), (*state).to_string()))
+                .collect(),
         }
     }
 

@@ -57,6 +57,7 @@ mod dispatch;
 pub mod fate;
 mod handled;
 mod lease;
+pub mod presence;
 mod pull;
 mod settle;
 mod worker;
@@ -231,6 +232,22 @@ impl<H: Handler> Runtime<H> {
                 .clone()
                 .keep(self.client.clone(), self.config.ack_wait),
         );
+        // Live on the Services API, so `choreo agents` sees this copy. An agent whose
+        // credentials do not allow `$SRV.>` still runs, unseen.
+        let presence = match presence::announce(
+            &self.client,
+            &self.agent,
+            &self.config.namespace,
+            metrics.clone(),
+        )
+        .await
+        {
+            Ok(presence) => Some(presence),
+            Err(err) => {
+                warn!(agent = %self.agent.name(), error = %err, "cannot register on the NATS Services API ($SRV); choreo agents will not list this copy");
+                None
+            }
+        };
         let stopping = Arc::new(AtomicBool::new(false));
         let cancel = CancellationToken::new();
         let worker = Arc::new(Worker {
@@ -287,6 +304,12 @@ impl<H: Handler> Runtime<H> {
             }
         }
         companions.abort_all();
+        if let Some((service, answering)) = presence {
+            answering.abort();
+            if let Err(err) = service.stop().await {
+                warn!(error = %err, "could not leave the Services API");
+            }
+        }
         // Bounded: with the server gone, a flush waits for the reconnection, and the process
         // would ignore its SIGTERM until killed. What is not flushed is redelivered.
         match tokio::time::timeout(FLUSH_GRACE, self.client.flush()).await {

@@ -7,6 +7,7 @@
 //! while a stream elects a leader: retry; the agents' binaries, a free port); 74 cannot write
 //! the output.
 
+mod agents;
 mod connection;
 mod diff;
 mod dlq;
@@ -67,6 +68,8 @@ enum Command {
     Streams(streams::StreamsArgs),
     /// Whether NATS answers with JetStream, or an HTTP URL answers 2xx: a health check (0 or 69).
     Ping(ping::PingArgs),
+    /// The live agents and their copies, with what each has done and its consumer's lag.
+    Agents(agents::AgentsArgs),
 }
 
 /// A failure with the exit code that describes it.
@@ -207,6 +210,7 @@ async fn main() -> ExitCode {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Streams(args) => streams::run(args).await,
         Command::Ping(args) => ping::run(args).await,
+        Command::Agents(args) => agents::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,85 @@
+//! A running copy of an agent, visible on NATS: each registers on the Services API (ADR-32)
+//! under its agent's name, so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (and their `.<name>`
+//! forms) are answered by every live copy, each with an id of its own. Its metadata says what
+//! it is (the namespace, what it subscribes to and emits); its stats carry what it has done
+//! ([`Summary`]: handled, failed, mean handling time, in flight, breakers), as the data of its
+//! one endpoint, `status`, which answers a request with the same summary.
+//!
+//! `choreo agents` reads these, with the agents' durable consumers, to list the live agents
+//! and their copies and to name an agent whose consumer has no live copy.
+
+use std::collections::HashMap;
+
+use async_nats::service::{Service, ServiceExt as _};
+use futures::StreamExt as _;
+use tracing::warn;
+
+use crate::metrics::{AgentMetrics, Summary};
+use crate::names::Namespace;
+use crate::runtime::Agent;
+
+/// Metadata keys of an agent's service.
+pub mod metadata {
+    /// The namespace it handles events in.
+    pub const NAMESPACE: &str = "choreo.namespace";
+    /// The event types it subscribes to, comma-separated.
+    pub const SUBSCRIBES: &str = "choreo.subscribes";
+    /// The event types it may emit, comma-separated.
+    pub const EMITS: &str = "choreo.emits";
+}
+
+/// The name of the endpoint whose stats carry a copy's [`Summary`].
+pub const STATUS_ENDPOINT: &str = "status";
+
+/// The subject of a copy's `status` endpoint: any copy of `agent` in `namespace` answers.
+pub fn status_subject(namespace: &Namespace, agent: &str) -> String {
+    format!("choreo.agents.{namespace}.{agent}.status")
+}
+
+/// Registers this copy of `agent`; it answers until the returned service is stopped or the
+/// connection closes. The summary comes from `metrics`.
+pub(crate) async fn announce(
+    client: &async_nats::Client,
+    agent: &Agent,
+    namespace: &Namespace,
+    metrics: AgentMetrics,
+) -> Result<(Service, tokio::task::JoinHandle<()>), async_nats::Error> {
+    let list = |types: &[crate::names::EventType]| {
+        types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let metadata = HashMap::from([
+        (metadata::NAMESPACE.to_string(), namespace.to_string()),
+        (metadata::SUBSCRIBES.to_string(), list(agent.subscribes())),
+        (metadata::EMITS.to_string(), list(agent.emits())),
+    ]);
+    let stats = metrics.clone();
+    let service = client
+        .service_builder()
+        .description(format!("choreo agent {}", agent.name()))
+        .metadata(metadata)
+        .stats_handler(move |_endpoint, _stats| summary_json(&stats.summary()))
+        .start(agent.name().as_str(), env!("CARGO_PKG_VERSION"))
+        .await?;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name(STATUS_ENDPOINT)
+        .add(status_subject(namespace, agent.name().as_str()))
+        .await?;
+    let answering = tokio::spawn(async move {
+        while let Some(request) = endpoint.next().await {
+            let body = summary_json(&metrics.summary()).to_string();
+            if let Err(err) = request.respond(Ok(body.into())).await {
+                warn!(error = %err, "could not answer a status request");
+            }
+        }
+    });
+    Ok((service, answering))
+}
+
+fn summary_json(summary: &Summary) -> serde_json::Value {
+    serde_json::to_value(summary).unwrap_or_default()
+}
