@@ -10,6 +10,8 @@
 //! | `choreo_dead_letters_total` | counter | `agent`, `reason` | dead letters written |
 //! | `choreo_breaker_state` | gauge | `agent`, `breaker` | 0 closed, 1 half-open, 2 open |
 //! | `choreo_breaker_transitions_total` | counter | `agent`, `breaker`, `to` | breaker transitions |
+//! | `choreo_rate_limit_wait_seconds_total` | counter | `agent`, `limiter` | time spent waiting on a rate limiter: `handle`, or `publish:<type>` |
+//! | `choreo_budget_refusals_total` | counter | `agent`, `by` | runs refused more work by their budget: `runtime` (children over the run's events or tokens), `handler` (a model call that would not fit) |
 //!
 //! `/healthz` answers 200 while the process serves; `/readyz` answers 200 while the runtime is
 //! pulling and the connection to NATS is up, 503 otherwise (starting, shutting down, NATS lost).
@@ -54,6 +56,16 @@ struct Breaker {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Limiter {
+    limiter: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedBy {
+    by: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Transition {
     breaker: String,
     to: &'static str,
@@ -80,6 +92,8 @@ struct Inner {
     dead_letters: Family<Reason, Counter>,
     breaker_state: Family<Breaker, Gauge>,
     breaker_transitions: Family<Transition, Counter>,
+    rate_waits: Family<Limiter, Counter<f64, AtomicU64>>,
+    budget_refusals: Family<RefusedBy, Counter>,
     ready: AtomicBool,
     /// The process's totals, for its Services API stats (`runtime::presence`).
     totals: Totals,
@@ -124,6 +138,8 @@ impl AgentMetrics {
         let dead_letters = Family::<Reason, Counter>::default();
         let breaker_state = Family::<Breaker, Gauge>::default();
         let breaker_transitions = Family::<Transition, Counter>::default();
+        let rate_waits = Family::<Limiter, Counter<f64, AtomicU64>>::default();
+        let budget_refusals = Family::<RefusedBy, Counter>::default();
         registry.register(
             "choreo_events_handled",
             "Deliveries settled, by event type and what became of them",
@@ -160,6 +176,17 @@ impl AgentMetrics {
             "Circuit breaker transitions, by the state entered",
             breaker_transitions.clone(),
         );
+        registry.register_with_unit(
+            "choreo_rate_limit_wait",
+            "Time spent waiting on a rate limiter",
+            Unit::Seconds,
+            rate_waits.clone(),
+        );
+        registry.register(
+            "choreo_budget_refusals",
+            "Runs refused more work by their budget, by who refused",
+            budget_refusals.clone(),
+        );
         AgentMetrics {
             inner: Arc::new(Inner {
                 registry,
@@ -170,6 +197,8 @@ impl AgentMetrics {
                 dead_letters,
                 breaker_state,
                 breaker_transitions,
+                rate_waits,
+                budget_refusals,
                 ready: AtomicBool::new(false),
                 totals: Totals::default(),
             }),
@@ -253,6 +282,24 @@ impl AgentMetrics {
                 })
                 .inc();
         }
+    }
+
+    /// `seconds` were spent waiting on the rate limiter `limiter`.
+    pub(crate) fn waited_on(&self, limiter: &str, seconds: f64) {
+        self.inner
+            .rate_waits
+            .get_or_create(&Limiter {
+                limiter: limiter.to_string(),
+            })
+            .inc_by(seconds);
+    }
+
+    /// A run's budget refused more work (`by`: `runtime` or `handler`).
+    pub(crate) fn budget_refused(&self, by: &'static str) {
+        self.inner
+            .budget_refusals
+            .get_or_create(&RefusedBy { by })
+            .inc();
     }
 
     /// What this process has done so far.

@@ -187,6 +187,73 @@ async fn an_opened_breaker_shows_in_the_metrics() -> anyhow::Result<()> {
     agent.stop().await
 }
 
+/// A handling rate of 5/s (burst 1) over three events: the waits show as seconds on the
+/// `handle` limiter. A run whose budget allows one event: the second child is refused, and the
+/// refusal is counted as the runtime's.
+#[tokio::test]
+async fn rate_limit_waits_and_budget_refusals_are_counted() -> anyhow::Result<()> {
+    use choreo_bus::guard::{BudgetLimits, Rate, RateLimit};
+    let bus = Bus::start().await?;
+    let address = free_address();
+    let config = RuntimeConfig {
+        metrics_listen: Some(address),
+        guards: GuardsConfig {
+            handle_rate: Some(RateLimit {
+                rate: Rate::new(5, Duration::from_secs(1))?,
+                burst: 1,
+            }),
+            budget: BudgetLimits {
+                max_events: Some(1),
+                max_tokens: None,
+            },
+            ..GuardsConfig::default()
+        },
+        ..quick_config()
+    };
+    let agent = bus
+        .run(
+            metered("paced"),
+            handler_fn(|event: Incoming| async move {
+                Ok(vec![Emit::new(
+                    event_type("out.put"),
+                    event.content_type.clone(),
+                    event.data.clone(),
+                )])
+            }),
+            config,
+        )
+        .await?;
+    wait_until("the endpoint answers", || async {
+        Ok(status(address, "/healthz").await.unwrap_or(0) == 200)
+    })
+    .await?;
+    for n in 0..3 {
+        bus.publish("in.put", json!(n), Some("one-run")).await?;
+    }
+    wait_until("the three events are settled", || async {
+        let scrape = scrape(address).await?;
+        Ok(total(&scrape, "choreo_events_handled_total", &[]) >= 3.0)
+    })
+    .await?;
+    let scrape = scrape(address).await?;
+    let waited = total(
+        &scrape,
+        "choreo_rate_limit_wait_seconds_total",
+        &[("limiter", "handle")],
+    );
+    // Three events at 5/s with a burst of one: the second and third wait about 0.2 s each.
+    assert!(waited >= 0.2, "waited {waited} s");
+    assert!(
+        total(
+            &scrape,
+            "choreo_budget_refusals_total",
+            &[("by", "runtime")]
+        ) >= 1.0,
+        "the run's second child is over its budget of one event"
+    );
+    agent.stop().await
+}
+
 #[tokio::test]
 async fn an_address_in_use_is_refused_at_start_naming_the_setting() -> anyhow::Result<()> {
     let bus = Bus::start().await?;

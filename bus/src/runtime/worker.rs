@@ -201,7 +201,10 @@ impl<H: Handler> Worker<H> {
             return Outcome::Stopped(stop);
         }
         if let Some(limiter) = &self.guards.handle_rate {
+            let asked = tokio::time::Instant::now();
             limiter.acquire().await;
+            self.metrics
+                .waited_on("handle", asked.elapsed().as_secs_f64());
         }
         let permit = match self
             .guards
@@ -261,6 +264,9 @@ impl<H: Handler> Worker<H> {
         }
         if let Err(err) = &result {
             warn!(error = %err, kind = %err.kind(), "handler failed");
+            if matches!(err, HandlerError::OverBudget(_)) {
+                self.metrics.budget_refused("handler");
+            }
         }
         let breaker_wait = match (&result, &self.guards.breaker) {
             (Err(_), Some(breaker)) if !probed && breaker.state() != BreakerState::Closed => {
@@ -296,6 +302,7 @@ impl<H: Handler> Worker<H> {
                 match budget.charge(&parent.correlation_id, events, tokens).await {
                     Ok(()) => break,
                     Err(err @ BudgetError::Exhausted { .. }) => {
+                        self.metrics.budget_refused("runtime");
                         return Outcome::Stopped(Stop {
                             reason: DeadLetterReason::BudgetExhausted,
                             detail: err.to_string(),
@@ -312,7 +319,12 @@ impl<H: Handler> Worker<H> {
         }
         for emit in &emits {
             if let Some(limiter) = self.guards.publish_rates.get(&emit.event_type) {
+                let asked = tokio::time::Instant::now();
                 limiter.acquire().await;
+                self.metrics.waited_on(
+                    &format!("publish:{}", emit.event_type),
+                    asked.elapsed().as_secs_f64(),
+                );
             }
         }
         let emitted = emits.len();
