@@ -409,4 +409,26 @@ mod tests {
             assert!(text.contains(line), "{line} not in:\n{text}");
         }
     }
+
+    #[test]
+    fn every_metric_the_shipped_alerts_use_is_served() {
+        let rules = include_str!("../../deploy/prometheus/alerts.yaml");
+        let metrics = AgentMetrics::new(&AgentName::new("security").expect("valid"));
+        metrics.settled("review.planned", "handled");
+        metrics.handled_in("review.planned", 0.25);
+        metrics.dead_lettered("handler_timeout");
+        metrics.breaker("handler", BreakerState::Open, true);
+        let served = metrics.encode();
+        let used: std::collections::BTreeSet<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("choreo_"))
+            .collect();
+        assert!(used.len() >= 4, "{used:?}");
+        for metric in used {
+            assert!(
+                served.contains(&format!("\n{metric}{{")),
+                "the alerts use {metric}, which an agent does not serve:\n{served}"
+            );
+        }
+    }
 }
