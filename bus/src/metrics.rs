@@ -10,6 +10,8 @@
 //! | `choreo_dead_letters_total` | counter | `agent`, `reason` | dead letters written |
 //! | `choreo_breaker_state` | gauge | `agent`, `breaker` | 0 closed, 1 half-open, 2 open |
 //! | `choreo_breaker_transitions_total` | counter | `agent`, `breaker`, `to` | breaker transitions |
+//! | `choreo_consumer_pending` | gauge | `agent` | events in the stream the agent's consumer has not delivered yet: its lag (every copy reports the one consumer: take the max) |
+//! | `choreo_consumer_ack_pending` | gauge | `agent` | events delivered to the consumer's copies and not acknowledged yet |
 //! | `choreo_rate_limit_wait_seconds_total` | counter | `agent`, `limiter` | time spent waiting on a rate limiter: `handle`, or `publish:<type>` |
 //! | `choreo_budget_refusals_total` | counter | `agent`, `by` | runs refused more work by their budget: `runtime` (children over the run's events or tokens), `handler` (a model call that would not fit) |
 //!
@@ -92,6 +94,8 @@ struct Inner {
     dead_letters: Family<Reason, Counter>,
     breaker_state: Family<Breaker, Gauge>,
     breaker_transitions: Family<Transition, Counter>,
+    consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
     rate_waits: Family<Limiter, Counter<f64, AtomicU64>>,
     budget_refusals: Family<RefusedBy, Counter>,
     ready: AtomicBool,
@@ -138,6 +142,8 @@ impl AgentMetrics {
         let dead_letters = Family::<Reason, Counter>::default();
         let breaker_state = Family::<Breaker, Gauge>::default();
         let breaker_transitions = Family::<Transition, Counter>::default();
+        let consumer_pending = Gauge::default();
+        let consumer_ack_pending = Gauge::default();
         let rate_waits = Family::<Limiter, Counter<f64, AtomicU64>>::default();
         let budget_refusals = Family::<RefusedBy, Counter>::default();
         registry.register(
@@ -176,6 +182,16 @@ impl AgentMetrics {
             "Circuit breaker transitions, by the state entered",
             breaker_transitions.clone(),
         );
+        registry.register(
+            "choreo_consumer_pending",
+            "Events in the stream the agent's consumer has not delivered yet (its lag)",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "choreo_consumer_ack_pending",
+            "Events delivered to the consumer's copies and not acknowledged yet",
+            consumer_ack_pending.clone(),
+        );
         registry.register_with_unit(
             "choreo_rate_limit_wait",
             "Time spent waiting on a rate limiter",
@@ -197,6 +213,8 @@ impl AgentMetrics {
                 dead_letters,
                 breaker_state,
                 breaker_transitions,
+                consumer_pending,
+                consumer_ack_pending,
                 rate_waits,
                 budget_refusals,
                 ready: AtomicBool::new(false),
@@ -282,6 +300,16 @@ impl AgentMetrics {
                 })
                 .inc();
         }
+    }
+
+    /// The consumer's pending counts, as the server last said them.
+    pub(crate) fn consumer_lag(&self, pending: u64, ack_pending: usize) {
+        self.inner
+            .consumer_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.inner
+            .consumer_ack_pending
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
     }
 
     /// `seconds` were spent waiting on the rate limiter `limiter`.

@@ -254,6 +254,54 @@ async fn rate_limit_waits_and_budget_refusals_are_counted() -> anyhow::Result<()
     agent.stop().await
 }
 
+/// An agent that cannot keep up: its handler waits, one at a time, so of 40 events it holds
+/// the few it fetched ahead and the rest wait in the stream. The consumer's lag shows.
+#[tokio::test]
+async fn a_consumer_falling_behind_shows_its_lag() -> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let address = free_address();
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let config = RuntimeConfig {
+        metrics_listen: Some(address),
+        concurrency: 1,
+        ..quick_config()
+    };
+    let agent = bus
+        .run(
+            metered("behind"),
+            handler_fn(move |_event: Incoming| {
+                let gate = gate.clone();
+                async move {
+                    let _held = gate.acquire().await.map_err(HandlerError::retryable)?;
+                    Ok(vec![])
+                }
+            }),
+            config,
+        )
+        .await?;
+    for n in 0..40 {
+        bus.publish("in.put", json!(n), Some(&format!("run-{n}")))
+            .await?;
+    }
+    wait_until("the lag shows", || async {
+        let Ok(scrape) = scrape(address).await else {
+            return Ok(false);
+        };
+        Ok(total(&scrape, "choreo_consumer_pending", &[]) >= 10.0
+            && total(&scrape, "choreo_consumer_ack_pending", &[]) >= 1.0)
+    })
+    .await?;
+    release.add_permits(40);
+    wait_until("the lag is gone", || async {
+        let scrape = scrape(address).await?;
+        Ok(total(&scrape, "choreo_consumer_pending", &[]) == 0.0
+            && total(&scrape, "choreo_consumer_ack_pending", &[]) == 0.0)
+    })
+    .await?;
+    agent.stop().await
+}
+
 #[tokio::test]
 async fn an_address_in_use_is_refused_at_start_naming_the_setting() -> anyhow::Result<()> {
     let bus = Bus::start().await?;

@@ -56,6 +56,7 @@ mod deferrals;
 mod dispatch;
 pub mod fate;
 mod handled;
+mod lag;
 mod lease;
 pub mod presence;
 mod pull;
@@ -223,6 +224,14 @@ impl<H: Handler> Runtime<H> {
                 breaker,
                 publisher.clone(),
                 self.agent.name().clone(),
+                metrics.clone(),
+            ));
+        }
+        if self.config.metrics_listen.is_some() {
+            companions.spawn(lag::watch(
+                jetstream.clone(),
+                self.config.namespace.stream_name(),
+                self.agent.name().to_string(),
                 metrics.clone(),
             ));
         }
