@@ -439,24 +439,40 @@ mod tests {
     }
 
     #[test]
-    fn every_metric_the_shipped_alerts_use_is_served() {
-        let rules = include_str!("../../deploy/prometheus/alerts.yaml");
+    fn every_metric_the_shipped_alerts_and_dashboard_use_is_served() {
         let metrics = AgentMetrics::new(&AgentName::new("security").expect("valid"));
         metrics.settled("review.planned", "handled");
         metrics.handled_in("review.planned", 0.25);
         metrics.dead_lettered("handler_timeout");
         metrics.breaker("handler", BreakerState::Open, true);
+        metrics.redelivered();
+        metrics.waited_on("handle", 0.5);
+        metrics.budget_refused("runtime");
+        metrics.consumer_lag(3, 1);
         let served = metrics.encode();
-        let used: std::collections::BTreeSet<&str> = rules
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|word| word.starts_with("choreo_"))
-            .collect();
-        assert!(used.len() >= 4, "{used:?}");
-        for metric in used {
-            assert!(
-                served.contains(&format!("\n{metric}{{")),
-                "the alerts use {metric}, which an agent does not serve:\n{served}"
-            );
+        for (file, text, at_least) in [
+            (
+                "alerts",
+                include_str!("../../deploy/prometheus/alerts.yaml"),
+                4,
+            ),
+            (
+                "dashboard",
+                include_str!("../../deploy/grafana/choreo.json"),
+                9,
+            ),
+        ] {
+            let used: std::collections::BTreeSet<&str> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("choreo_"))
+                .collect();
+            assert!(used.len() >= at_least, "{file}: {used:?}");
+            for metric in used {
+                assert!(
+                    served.contains(&format!("\n{metric}{{")),
+                    "the {file} uses {metric}, which an agent does not serve:\n{served}"
+                );
+            }
         }
     }
 }
