@@ -609,10 +609,16 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
     let billing = Arc::new(Mutex::new(Billing::default()));
     let (llm_url, server) = chat_endpoint(axum::routing::post(slow_chat), billing.clone()).await?;
     let mut team = Team::new(bus.server.url())?;
-    // Every other setting at its default.
+    let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // Every other setting at its default; metrics served, with a price.
     team.start(
         "choreo-security",
-        &[("CHOREO_LLM_URL", &llm_url), ("CHOREO_ACK_WAIT", "1s")],
+        &[
+            ("CHOREO_LLM_URL", &llm_url),
+            ("CHOREO_ACK_WAIT", "1s"),
+            ("CHOREO_METRICS_LISTEN", &metrics_address.to_string()),
+            ("CHOREO_LLM_PRICE", "3/15"),
+        ],
     )?;
 
     let mut runs = Vec::new();
@@ -679,6 +685,44 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
     };
     assert_eq!(calls, REVIEWS, "one call per review\n{}", team.logs());
     assert_eq!(billed_tokens, on_events, "what the endpoint billed");
+
+    // The agent's metrics say the same: one call per review, the billed tokens (100 in, 50
+    // out each), and their cost at 3 and 15 per million.
+    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let sum = |metric: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && s.labels.get("model") == Some("gpt-4o-mini"))
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(
+        sum("choreo_model_calls_total", Some(("outcome", "ok"))),
+        REVIEWS as f64,
+        "{text}"
+    );
+    let input = sum("choreo_model_tokens_total", Some(("direction", "input")));
+    let output = sum("choreo_model_tokens_total", Some(("direction", "output")));
+    assert_eq!((input, output), (300.0, 150.0), "{text}");
+    assert_eq!(
+        input + output,
+        billed_tokens as f64,
+        "the metrics' tokens, billed"
+    );
+    let cost = sum("choreo_model_cost_total", None);
+    assert!(
+        (cost - (300.0 * 3.0 + 150.0 * 15.0) / 1e6).abs() < 1e-12,
+        "cost {cost}"
+    );
     assert!(bus.dead_letters().await?.is_empty());
     server.abort();
     team.stop().await;

@@ -12,6 +12,9 @@
 //! | `choreo_breaker_transitions_total` | counter | `agent`, `breaker`, `to` | breaker transitions |
 //! | `choreo_consumer_pending` | gauge | `agent` | events in the stream the agent's consumer has not delivered yet: its lag (every copy reports the one consumer: take the max) |
 //! | `choreo_consumer_ack_pending` | gauge | `agent` | events delivered to the consumer's copies and not acknowledged yet |
+//! | `choreo_model_calls_total` | counter | `agent`, `model`, `outcome` | calls to a model API: `ok`, `unusable` (an answer that gave no review), `rate_limited`, `server_error`, `refused`, `failed` (no answer) |
+//! | `choreo_model_tokens_total` | counter | `agent`, `model`, `direction` | tokens the model API billed: `input` (the prompt), `output` (the answer) |
+//! | `choreo_model_cost_total` | counter | `agent`, `model` | what those tokens cost, by the agent's price table (`CHOREO_LLM_PRICE`), in its currency |
 //! | `choreo_rate_limit_wait_seconds_total` | counter | `agent`, `limiter` | time spent waiting on a rate limiter: `handle`, or `publish:<type>` |
 //! | `choreo_budget_refusals_total` | counter | `agent`, `by` | runs refused more work by their budget: `runtime` (children over the run's events or tokens), `handler` (a model call that would not fit) |
 //!
@@ -63,6 +66,23 @@ struct Limiter {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelCall {
+    model: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelTokens {
+    model: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Model {
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedBy {
     by: &'static str,
 }
@@ -98,6 +118,9 @@ struct Inner {
     consumer_ack_pending: Gauge,
     rate_waits: Family<Limiter, Counter<f64, AtomicU64>>,
     budget_refusals: Family<RefusedBy, Counter>,
+    model_calls: Family<ModelCall, Counter>,
+    model_tokens: Family<ModelTokens, Counter>,
+    model_cost: Family<Model, Counter<f64, AtomicU64>>,
     ready: AtomicBool,
     /// The process's totals, for its Services API stats (`runtime::presence`).
     totals: Totals,
@@ -146,6 +169,9 @@ impl AgentMetrics {
         let consumer_ack_pending = Gauge::default();
         let rate_waits = Family::<Limiter, Counter<f64, AtomicU64>>::default();
         let budget_refusals = Family::<RefusedBy, Counter>::default();
+        let model_calls = Family::<ModelCall, Counter>::default();
+        let model_tokens = Family::<ModelTokens, Counter>::default();
+        let model_cost = Family::<Model, Counter<f64, AtomicU64>>::default();
         registry.register(
             "choreo_events_handled",
             "Deliveries settled, by event type and what became of them",
@@ -203,6 +229,21 @@ impl AgentMetrics {
             "Runs refused more work by their budget, by who refused",
             budget_refusals.clone(),
         );
+        registry.register(
+            "choreo_model_calls",
+            "Calls to a model API, by model and outcome",
+            model_calls.clone(),
+        );
+        registry.register(
+            "choreo_model_tokens",
+            "Tokens a model API billed, by model and direction (input, output)",
+            model_tokens.clone(),
+        );
+        registry.register(
+            "choreo_model_cost",
+            "What the billed tokens cost by the agent's price table, in its currency",
+            model_cost.clone(),
+        );
         AgentMetrics {
             inner: Arc::new(Inner {
                 registry,
@@ -217,6 +258,9 @@ impl AgentMetrics {
                 consumer_ack_pending,
                 rate_waits,
                 budget_refusals,
+                model_calls,
+                model_tokens,
+                model_cost,
                 ready: AtomicBool::new(false),
                 totals: Totals::default(),
             }),
@@ -310,6 +354,43 @@ impl AgentMetrics {
         self.inner
             .consumer_ack_pending
             .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+    }
+
+    /// A call to `model` ended with `outcome` (see the module's table); the API billed
+    /// `input` and `output` tokens for it, which cost `cost` where the agent has a price.
+    pub fn model_call(
+        &self,
+        model: &str,
+        outcome: &'static str,
+        input: u64,
+        output: u64,
+        cost: Option<f64>,
+    ) {
+        let inner = &self.inner;
+        inner
+            .model_calls
+            .get_or_create(&ModelCall {
+                model: model.to_string(),
+                outcome,
+            })
+            .inc();
+        for (direction, tokens) in [("input", input), ("output", output)] {
+            inner
+                .model_tokens
+                .get_or_create(&ModelTokens {
+                    model: model.to_string(),
+                    direction,
+                })
+                .inc_by(tokens);
+        }
+        if let Some(cost) = cost {
+            inner
+                .model_cost
+                .get_or_create(&Model {
+                    model: model.to_string(),
+                })
+                .inc_by(cost);
+        }
     }
 
     /// `seconds` were spent waiting on the rate limiter `limiter`.

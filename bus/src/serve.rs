@@ -59,6 +59,9 @@ pub struct ServeContext {
     /// How long one handling may run (`--handler-timeout`): what the handler's own timeouts
     /// and retries must fit in.
     pub handler_timeout: std::time::Duration,
+    /// The process's metrics, which the runtime serves: a handler counts its own into them
+    /// (model calls, tokens, cost).
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 /// An agent with settings of its own: [`serve`], with `S`'s flags (and their environment
@@ -129,12 +132,14 @@ where
             shutdown.cancel();
         }
     });
+    let metrics = crate::metrics::AgentMetrics::new(agent.name());
     let context = ServeContext {
         client: client.clone(),
         namespace: config.namespace.clone(),
         agent: agent.name().clone(),
         shutdown: shutdown.clone(),
         handler_timeout: config.handler_timeout,
+        metrics: metrics.clone(),
     };
     let handler = match build(own_settings, context).await {
         Ok(handler) => handler,
@@ -143,6 +148,7 @@ where
     let name = agent.name().clone();
     match Runtime::new(client, agent, handler)
         .config(config)
+        .metrics(metrics)
         .run(shutdown.cancelled_owned())
         .await
     {

@@ -55,7 +55,9 @@ pub struct Review {
 #[derive(Debug)]
 pub enum Brain<S> {
     Rules(S),
-    Llm(LlmBrain),
+    /// Boxed: a brain is made once per process, and its client, settings and metrics would
+    /// make every `Brain` as large.
+    Llm(Box<LlmBrain>),
 }
 
 impl<S: Specialty> Brain<S> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BreakerConfig, CircuitBreaker, Permit};
+use choreo_bus::metrics::AgentMetrics;
 use choreo_bus::settings::HumanDuration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -54,6 +55,49 @@ pub struct LlmSettings {
     /// run has fewer tokens left than this: the review is dead-lettered `budget_exhausted`.
     #[arg(long, env = "CHOREO_LLM_MAX_TOKENS", default_value_t = 4096)]
     pub llm_max_tokens: u64,
+    /// The model's price per million tokens, input/output (e.g. 0.15/0.60), in any one
+    /// currency: each call's cost is counted in the metrics. Unset: tokens only.
+    #[arg(long, env = "CHOREO_LLM_PRICE", value_parser = Price::parse)]
+    pub llm_price: Option<Price>,
+}
+
+/// A model's price per million tokens, for the prompt (input) and the answer (output).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// `IN/OUT` per million tokens, each a non-negative number.
+    pub fn parse(text: &str) -> Result<Price, String> {
+        let number = |part: &str| {
+            part.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0)
+        };
+        match text.split_once('/') {
+            Some((input, output)) => match (number(input), number(output)) {
+                (Some(input_per_million), Some(output_per_million)) => Ok(Price {
+                    input_per_million,
+                    output_per_million,
+                }),
+                _ => Err(format!(
+                    "{text:?}: give the price per million tokens as INPUT/OUTPUT, two \
+                     non-negative numbers, e.g. 0.15/0.60"
+                )),
+            },
+            None => Err(format!(
+                "{text:?}: give the price per million tokens as INPUT/OUTPUT, e.g. 0.15/0.60"
+            )),
+        }
+    }
+
+    /// What `input` prompt tokens and `output` answer tokens cost.
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input_per_million + output as f64 * self.output_per_million) / 1e6
+    }
 }
 
 /// Why a model gave no usable review.
@@ -113,9 +157,28 @@ pub struct LlmBrain {
     attempts: u32,
     max_tokens: u64,
     breaker: CircuitBreaker,
+    price: Option<Price>,
+    /// Where each call is counted (model, outcome, tokens, cost); see [`LlmBrain::counted_in`].
+    metrics: Option<AgentMetrics>,
 }
 
 impl LlmBrain {
+    /// Counts every call into `metrics` (the process's, served at `/metrics`).
+    pub fn counted_in(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records one call's outcome and the tokens billed for it.
+    fn count(&self, outcome: &'static str, usage: Option<&Usage>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let (input, output) = usage.map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
+        let cost = self.price.map(|price| price.cost(input, output));
+        metrics.model_call(&self.model, outcome, input, output, cost);
+    }
+
     /// A brain for `settings`, or `None` when no URL is set. Its calls, and the waits between
     /// them, must fit in `handler_timeout` (the runtime cancels a handling past it): settings
     /// that do not are refused, naming all three.
@@ -177,6 +240,8 @@ impl LlmBrain {
             attempts: settings.llm_attempts,
             max_tokens: settings.llm_max_tokens,
             breaker,
+            price: settings.llm_price,
+            metrics: None,
         }))
     }
 
@@ -262,6 +327,7 @@ impl LlmBrain {
             Ok(response) => response,
             Err(err) => {
                 permit.failure();
+                self.count("failed", None);
                 return Err(Attempt::again(format!("{}: {err}", self.endpoint), None));
             }
         };
@@ -276,11 +342,13 @@ impl LlmBrain {
             Ok(body) => body,
             Err(err) => {
                 permit.failure();
+                self.count("failed", None);
                 return Err(Attempt::again(format!("reading the answer: {err}"), None));
             }
         };
         if status.as_u16() == 429 {
             permit.failure();
+            self.count("rate_limited", None);
             return Err(Attempt::again(
                 "429 Too Many Requests".to_string(),
                 Some(retry_after.unwrap_or(Duration::from_secs(1))),
@@ -288,10 +356,12 @@ impl LlmBrain {
         }
         if status.is_server_error() {
             permit.failure();
+            self.count("server_error", None);
             return Err(Attempt::again(format!("{status}: {}", clip(&body)), None));
         }
         if !status.is_success() {
             permit.ignore();
+            self.count("refused", None);
             return Err(Attempt::Refused {
                 status: status.as_u16(),
                 body: clip(&body),
@@ -301,6 +371,7 @@ impl LlmBrain {
             Ok(parsed) => parsed,
             Err(err) => {
                 permit.failure();
+                self.count("failed", None);
                 return Err(Attempt::again(
                     format!("not a chat completion: {err}"),
                     None,
@@ -317,6 +388,7 @@ impl LlmBrain {
         match parse_findings(&content) {
             Ok(findings) => {
                 permit.success();
+                self.count("ok", parsed.usage.as_ref());
                 Ok(Answer {
                     findings,
                     content,
@@ -327,6 +399,7 @@ impl LlmBrain {
             }
             Err(err) => {
                 permit.failure();
+                self.count("unusable", parsed.usage.as_ref());
                 Err(Attempt::again(
                     format!("the answer is not the JSON asked for: {err}"),
                     None,
@@ -544,6 +617,17 @@ mod tests {
     }
 
     #[test]
+    fn a_price_is_two_numbers_per_million_tokens() {
+        let price = Price::parse("0.15/0.60").expect("valid");
+        assert_eq!(price.cost(1_000_000, 0), 0.15);
+        assert!((price.cost(100, 50) - (100.0 * 0.15 + 50.0 * 0.60) / 1e6).abs() < 1e-15);
+        for bad in ["0.15", "a/b", "-1/2", "1/", "inf/1"] {
+            let err = Price::parse(bad).expect_err(bad);
+            assert!(err.contains("INPUT/OUTPUT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn settings_are_checked_and_the_key_is_hidden() {
         let settings = LlmSettings {
             llm_url: Some("ftp://example".into()),
@@ -552,6 +636,7 @@ mod tests {
             llm_timeout: HumanDuration(Duration::from_secs(1)),
             llm_attempts: 2,
             llm_max_tokens: 100,
+            llm_price: None,
         };
         let minute = Duration::from_secs(60);
         let err = LlmBrain::from_settings(&settings, minute).expect_err("ftp");
@@ -589,6 +674,7 @@ mod tests {
             llm_timeout: HumanDuration(Duration::from_secs(60)),
             llm_attempts: 4,
             llm_max_tokens: 100,
+            llm_price: None,
         };
         // 4 × 60 s and 3 waits of up to 30 s: 330 s.
         assert_eq!(

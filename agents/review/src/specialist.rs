@@ -36,7 +36,7 @@ pub async fn serve<S: Specialty>(rules: S, about: &str) -> ExitCode {
         about,
         |llm: LlmSettings, context| async move {
             let brain = match LlmBrain::from_settings(&llm, context.handler_timeout)? {
-                Some(model) => Brain::Llm(model),
+                Some(model) => Brain::Llm(Box::new(model.counted_in(context.metrics.clone()))),
                 None => Brain::Rules(rules),
             };
             Ok(Specialist::new(brain))

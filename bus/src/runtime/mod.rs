@@ -153,6 +153,8 @@ pub struct Runtime<H> {
     agent: Agent,
     handler: H,
     config: RuntimeConfig,
+    /// Shared with the handler when it counts its own (model calls); new when not given.
+    metrics: Option<AgentMetrics>,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -162,7 +164,14 @@ impl<H: Handler> Runtime<H> {
             agent,
             handler,
             config: RuntimeConfig::default(),
+            metrics: None,
         }
+    }
+
+    /// Serves `metrics`, which the handler may count into too, instead of new ones.
+    pub fn metrics(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn config(mut self, config: RuntimeConfig) -> Self {
@@ -204,7 +213,10 @@ impl<H: Handler> Runtime<H> {
 
         let publisher = Publisher::new(jetstream.clone(), self.config.namespace.clone());
         let mut companions = tokio::task::JoinSet::new();
-        let metrics = AgentMetrics::new(self.agent.name());
+        let metrics = match &self.metrics {
+            Some(metrics) => metrics.clone(),
+            None => AgentMetrics::new(self.agent.name()),
+        };
         if let Some(address) = self.config.metrics_listen {
             let listener = crate::metrics::bind(address).await.map_err(|err| {
                 RuntimeError::Config(ValidationError::new(
