@@ -530,6 +530,7 @@ mod tests {
         metrics.waited_on("handle", 0.5);
         metrics.budget_refused("runtime");
         metrics.consumer_lag(3, 1);
+        metrics.model_call("m", "ok", 100, 50, Some(0.01));
         let served = metrics.encode();
         for (file, text, at_least) in [
             (
