@@ -16,6 +16,7 @@
 pub mod door;
 pub mod github;
 pub mod intake;
+pub mod metrics;
 pub mod problem;
 pub mod settings;
 pub mod tokens;
@@ -40,6 +41,7 @@ use serde_json::{Value, json};
 
 use crate::door::Door;
 use crate::intake::Mode;
+use crate::metrics::GatewayMetrics;
 use crate::problem::{Kind, Problem};
 use crate::settings::GatewaySettings;
 use crate::tokens::{Client, Tokens};
@@ -62,6 +64,7 @@ struct Inner {
     jetstream: jetstream::Context,
     namespace: Namespace,
     max_body: usize,
+    metrics: GatewayMetrics,
 }
 
 /// The limiter key of the GitHub webhook (not a valid token name, so never a client's).
@@ -110,6 +113,7 @@ impl Gateway {
                 jetstream,
                 namespace,
                 max_body: settings.max_body,
+                metrics: GatewayMetrics::default(),
             }),
         })
     }
@@ -120,11 +124,12 @@ impl Gateway {
             .route("/v1/webhooks/github", post(post_github))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .fallback(|| async {
                 Problem::new(
                     Kind::NotFound,
                     "no such route: POST /v1/events, POST /v1/webhooks/github, GET /healthz, \
-                     GET /readyz",
+                     GET /readyz, GET /metrics",
                 )
             })
             .with_state(self.clone())
@@ -150,6 +155,7 @@ impl Gateway {
             }
         }
         let published = self.inner.door.publish(&intake.events).await?;
+        self.inner.metrics.published(published.len());
         for (event, stored) in intake.events.iter().zip(&published) {
             tracing::info!(
                 client = %client.name,
@@ -326,11 +332,34 @@ fn answer(result: Result<Response, Problem>) -> Response {
 }
 
 async fn post_events(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    answer(gateway.events(headers, body).await)
+    let asked = tokio::time::Instant::now();
+    let response = answer(gateway.events(headers, body).await);
+    gateway
+        .inner
+        .metrics
+        .answered("events", response.status().as_u16(), asked.elapsed());
+    response
 }
 
 async fn post_github(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    answer(gateway.github(headers, body).await)
+    let asked = tokio::time::Instant::now();
+    let response = answer(gateway.github(headers, body).await);
+    gateway
+        .inner
+        .metrics
+        .answered("github", response.status().as_u16(), asked.elapsed());
+    response
+}
+
+async fn metrics(State(gateway): State<Gateway>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gateway.inner.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

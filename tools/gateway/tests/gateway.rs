@@ -651,3 +651,75 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `GET /metrics`: requests by route and status, and the events stored, after one accepted
+/// event and one refused token; read with a Prometheus text parser.
+#[tokio::test]
+async fn metrics_count_requests_by_status_and_the_events_stored() {
+    let bus = Bus::start().await.expect("bus");
+    let door = Door::open(&bus, &[]).await;
+    let accepted = door
+        .event(
+            json!({"type": "build.finished", "data": {"ok": true}}),
+            None,
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let refused = door
+        .post("/v1/events", Some("not-a-token"))
+        .json(&json!({"type": "build.finished", "data": {}}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let text = door
+        .http
+        .get(format!("{}/metrics", door.url))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let events = [("route", "events")];
+    assert_eq!(
+        value(
+            "choreo_gateway_requests_total",
+            &[events[0], ("status", "202")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "choreo_gateway_requests_total",
+            &[events[0], ("status", "401")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("choreo_gateway_events_published_total", &[]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("choreo_gateway_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
