@@ -144,6 +144,8 @@ pub struct Summary {
     pub handled: u64,
     /// Deliveries whose handling failed: retried later or dead-lettered.
     pub failed: u64,
+    /// Handler runs timed (each one, whatever its outcome): what the mean is over.
+    pub handlings: u64,
     /// The mean time from a handler's start to its answer, in milliseconds.
     pub average_handling_ms: f64,
     pub in_flight: i64,
@@ -244,6 +246,14 @@ impl AgentMetrics {
             "What the billed tokens cost by the agent's price table, in its currency",
             model_cost.clone(),
         );
+        // Every reason's series from the start, at 0: Prometheus's increase() sees no rise
+        // from a series that appears already at 1, so the first dead letter would not alert.
+        for reason in crate::dead_letter::DeadLetterReason::ALL {
+            // The guard the call returns is only a read lock on the family: made, then let go.
+            drop(dead_letters.get_or_create(&Reason {
+                reason: reason.as_str(),
+            }));
+        }
         AgentMetrics {
             inner: Arc::new(Inner {
                 registry,
@@ -419,6 +429,7 @@ impl AgentMetrics {
         Summary {
             handled: totals.handled.load(Ordering::Relaxed),
             failed: totals.failed.load(Ordering::Relaxed),
+            handlings,
             average_handling_ms: if handlings == 0 {
                 0.0
             } else {
@@ -516,6 +527,19 @@ mod tests {
             r#"choreo_breaker_transitions_total{agent="security",breaker="llm",to="open"} 1"#,
         ] {
             assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_dead_letter_reason_is_served_at_zero_before_the_first() {
+        // So an alert on increase() sees the first dead letter as a rise from 0.
+        let text = AgentMetrics::new(&AgentName::new("security").expect("valid")).encode();
+        for reason in crate::dead_letter::DeadLetterReason::ALL {
+            let line = format!(
+                "choreo_dead_letters_total{{agent=\"security\",reason=\"{}\"}} 0",
+                reason.as_str()
+            );
+            assert!(text.contains(&line), "{line} not in:\n{text}");
         }
     }
 

@@ -885,9 +885,6 @@ async fn shutdown_finishes_and_acks_events_in_hand_and_loses_none() -> anyhow::R
     Ok(())
 }
 
-/// A real fault: whether a kill lands between a publish and its ack varies from run to run, so
-/// the deterministic check of deduplication on redelivery is the lost-ack test above; this one
-/// shows reconnection, and that the promise holds under an actual crash of the server.
 /// A stop asked for while the server is gone (a SIGTERM as a node is lost, `docker stop` on a
 /// host cut off) is done within the graces: the last flush of acks is not waited on forever.
 #[tokio::test]
@@ -916,6 +913,9 @@ async fn an_agent_told_to_stop_with_its_server_gone_stops() -> anyhow::Result<()
     agent.stop().await
 }
 
+/// A real fault: whether a kill lands between a publish and its ack varies from run to run, so
+/// the deterministic check of deduplication on redelivery is the lost-ack test above; this one
+/// shows reconnection, and that the promise holds under an actual crash of the server.
 #[tokio::test]
 async fn a_server_killed_and_restarted_midstream_loses_nothing_and_stores_nothing_twice()
 -> anyhow::Result<()> {

@@ -263,7 +263,13 @@ impl<H: Handler> Runtime<H> {
         )
         .await
         {
-            Ok(presence) => Some(presence),
+            Ok(presence) => {
+                companions.spawn(presence::check_seen(
+                    self.client.clone(),
+                    presence.0.info().await,
+                ));
+                Some(presence)
+            }
             Err(err) => {
                 warn!(agent = %self.agent.name(), error = %err, "cannot register on the NATS Services API ($SRV); choreo agents will not list this copy");
                 None

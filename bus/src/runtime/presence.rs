@@ -80,6 +80,24 @@ pub(crate) async fn announce(
     Ok((service, answering))
 }
 
+/// Asks this copy's own `$SRV.PING.<name>.<id>` once, and warns when it goes unanswered: a
+/// subscription the server refused (credentials without `$SRV.>`) is not an error the client
+/// hears when it subscribes, so this is how the copy learns it is unseen.
+pub(crate) async fn check_seen(client: async_nats::Client, service: async_nats::service::Info) {
+    let subject = format!("$SRV.PING.{}.{}", service.name, service.id);
+    let answer = tokio::time::timeout(SEEN_WITHIN, client.request(subject, "".into())).await;
+    if !matches!(answer, Ok(Ok(_))) {
+        warn!(
+            agent = %service.name,
+            "this copy does not answer its own $SRV.PING: choreo agents will not list it (do \
+             its NATS credentials allow subscribing to $SRV.> and publishing replies?)"
+        );
+    }
+}
+
+/// How long a copy waits for its own ping's answer.
+const SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn summary_json(summary: &Summary) -> serde_json::Value {
     serde_json::to_value(summary).unwrap_or_default()
 }

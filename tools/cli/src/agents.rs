@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::service::{Info, Stats};
 use choreo_bus::metrics::Summary;
 use choreo_bus::runtime::presence::{STATUS_ENDPOINT, metadata};
@@ -60,7 +61,16 @@ pub async fn run(args: AgentsArgs) -> Result<(), Failure> {
     let client = jetstream.client();
     let mut history: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     loop {
-        let mut agents = look(&client, &jetstream, &namespace, args.quiet).await?;
+        let mut agents = match look(&client, &jetstream, &namespace, args.quiet).await {
+            Ok(agents) => agents,
+            // Watching is for when things go wrong: a look that fails is said, and the next
+            // one is tried.
+            Err(failure) if args.watch.is_some() => {
+                eprintln!("choreo agents: {}", failure.message);
+                Vec::new()
+            }
+            Err(failure) => return Err(failure),
+        };
         for agent in &mut agents {
             if let Some(pending) = agent.pending {
                 let seen = history.entry(agent.agent.clone()).or_default();
@@ -141,13 +151,22 @@ async fn look(
         .await
         .map_err(|err| Failure::unavailable(err.to_string()))?;
     for name in names {
-        let Ok(consumer) = stream.consumer_info(&name).await else {
-            if agents.contains_key(&name) {
-                view(&mut agents, &name)
+        let consumer = match stream.consumer_info(&name).await {
+            Ok(consumer) => consumer,
+            // A read's consumer that expired since the names were listed.
+            Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => continue,
+            Err(err) => {
+                // Whether it is an agent's or a read's is unknown; an agent with copies, or a
+                // name that is not a read's random one, is listed with the problem.
+                let agent = view(&mut agents, &name);
+                agent
                     .problems
-                    .push("its consumer did not answer".to_string());
+                    .push(format!("its consumer did not answer ({err})"));
+                if agent.copies.is_empty() {
+                    agent.problems.push("no live copy".to_string());
+                }
+                continue;
             }
-            continue;
         };
         // Reads' consumers are not agents'.
         if consumer.config.durable_name.is_none() {
@@ -230,8 +249,8 @@ fn print_table(agents: &[AgentView]) {
             .filter_map(|copy| copy.summary.as_ref())
             .fold((0.0, 0u64), |(sum, n), s| {
                 (
-                    sum + s.average_handling_ms * s.handled as f64,
-                    n + s.handled,
+                    sum + s.average_handling_ms * s.handlings as f64,
+                    n + s.handlings,
                 )
             });
         let mean = if count == 0 {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use choreo_bus::projection::SNAPSHOT_BUCKET;
 use choreo_bus::settings::HumanDuration;
 use choreo_bus::streams::{
@@ -338,6 +339,8 @@ async fn info(connection: &Connection, namespace: &Namespace) -> Result<(), Fail
                 ),
                 // A read's consumer, gone when the read ends.
                 Ok(_) => {}
+                // A read's consumer that expired since the names were listed.
+                Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => {}
                 Err(err) => println!(
                     "  consumer {name:<20} did not answer ({err}): the server leading it may \
                      be down, or its replicas electing"

@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use choreo_bus::guard::{CorrelationBudget, RateLimiter};
-use choreo_bus::{Namespace, Published, Publisher, ValidationError};
+use choreo_bus::{Event, Namespace, Published, Publisher, ValidationError};
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -154,8 +154,7 @@ impl Gateway {
                 .field("type"));
             }
         }
-        let published = self.inner.door.publish(&intake.events).await?;
-        self.inner.metrics.published(published.len());
+        let published = self.publish(&intake.events).await?;
         for (event, stored) in intake.events.iter().zip(&published) {
             tracing::info!(
                 client = %client.name,
@@ -188,17 +187,20 @@ impl Gateway {
             }
             github::Delivery::Review(event) => event,
         };
-        let published = self
-            .inner
-            .door
-            .publish(std::slice::from_ref(&event))
-            .await?;
+        let published = self.publish(std::slice::from_ref(&event)).await?;
         tracing::info!(
             event_id = %event.id,
             event_type = %event.r#type,
             "accepted a GitHub delivery"
         );
         Ok(accepted(Mode::Event, &published))
+    }
+
+    /// Publishes `events` through the door (all stored, or a problem) and counts them.
+    async fn publish(&self, events: &[Event]) -> Result<Vec<Published>, Problem> {
+        let published = self.inner.door.publish(events).await?;
+        self.inner.metrics.published(published.len());
+        Ok(published)
     }
 
     /// The client whose bearer token the request carries.

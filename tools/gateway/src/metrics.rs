@@ -1,4 +1,5 @@
-//! What the gateway tells a scraper at `GET /metrics` (Prometheus text, on its own port):
+//! What the gateway tells a scraper at `GET /metrics` (Prometheus text), on the API's own
+//! listener and, like `/healthz` and `/readyz`, without a token:
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
