@@ -6,6 +6,9 @@
 //! guards off. There, each event emits one child, so the publishing guards (depth, the run's
 //! event budget, the publish rate) are on the path too; both sides do the same work.
 //!
+//! Every runtime serves its metrics (`metrics_listen` on a free loopback port, scraped by
+//! nobody), as a deployed agent does: the counting is on the measured path.
+//!
 //! The stream is preloaded once with envelopes spread over 256 runs; every round binds a fresh
 //! durable consumer that reads them all. Both sides pull in batches of the runtime's default
 //! size with the same `max_ack_pending`, and both clocks start before the consumer is created
@@ -42,7 +45,7 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     for round in 0..settings.rounds {
         raw_rounds.push(raw_round(&stream, settings.messages, round).await?);
         let ours = format!("ours-{round}");
-        let config = RuntimeConfig::default();
+        let config = with_metrics(RuntimeConfig::default());
         ours_rounds.push(runtime_round(client, settings.messages, &ours, config, false).await?);
         stream.delete_consumer(&format!("raw-{round}")).await?;
         stream.delete_consumer(&ours).await?;
@@ -69,10 +72,10 @@ pub async fn run_guards(
     let (mut without_rounds, mut with_rounds) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
         let (without, with) = (format!("unguarded-{round}"), format!("guarded-{round}"));
-        let unguarded = RuntimeConfig {
+        let unguarded = with_metrics(RuntimeConfig {
             guards: GuardsConfig::off(),
             ..RuntimeConfig::default()
-        };
+        });
         without_rounds
             .push(runtime_round(client, settings.messages, &without, unguarded, true).await?);
         with_rounds.push(runtime_round(client, settings.messages, &with, guarded()?, true).await?);
@@ -90,7 +93,7 @@ fn guarded() -> anyhow::Result<RuntimeConfig> {
         rate: Rate::per_second(10_000_000)?,
         burst: 1000,
     };
-    Ok(RuntimeConfig {
+    Ok(with_metrics(RuntimeConfig {
         guards: GuardsConfig {
             handle_rate: Some(unreachable),
             publish_rates: [(EventType::new(ECHO_TYPE)?, unreachable)].into(),
@@ -101,7 +104,7 @@ fn guarded() -> anyhow::Result<RuntimeConfig> {
             ..GuardsConfig::default()
         },
         ..RuntimeConfig::default()
-    })
+    }))
 }
 
 async fn preload(jetstream: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
@@ -181,6 +184,14 @@ impl Handler for Counting {
 }
 
 /// One round of the runtime as agent `name` reading all `n` preloaded events; msgs/s.
+/// `config` serving its metrics on a free loopback port.
+fn with_metrics(config: RuntimeConfig) -> RuntimeConfig {
+    RuntimeConfig {
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..config
+    }
+}
+
 async fn runtime_round(
     client: &async_nats::Client,
     n: usize,
