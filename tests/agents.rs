@@ -86,6 +86,10 @@ async fn choreo_agents_lists_live_agents_their_copies_and_an_agent_without_one()
         assert_eq!(agent["pending"], 0, "{agent}");
         let copy = &agent["copies"][0];
         assert!(copy["handled"].is_u64(), "{copy}");
+        // A specialist says which brain it runs (the rules: no CHOREO_LLM_URL here).
+        if ["security", "performance", "style", "tests"].contains(name) {
+            assert_eq!(copy["described"]["brain"], "rules", "{copy}");
+        }
     }
 
     // One security copy stopped (SIGTERM), every style copy killed (SIGKILL).

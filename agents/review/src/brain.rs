@@ -75,6 +75,17 @@ impl<S: Specialty> Brain<S> {
             Brain::Llm(llm) => Some(llm.breaker()),
         }
     }
+
+    /// The brain and, for a model, its name: for the copy's Services API metadata.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        match self {
+            Brain::Rules(_) => vec![("brain".to_string(), "rules".to_string())],
+            Brain::Llm(llm) => vec![
+                ("brain".to_string(), "llm".to_string()),
+                ("model".to_string(), llm.model().to_string()),
+            ],
+        }
+    }
 }
 
 /// The rules are deterministic, so a revision gives the same findings: they already carry the

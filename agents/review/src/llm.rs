@@ -249,6 +249,11 @@ impl LlmBrain {
         &self.breaker
     }
 
+    /// The model it asks (`CHOREO_LLM_MODEL`).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// Asks the model for `specialist`'s review of the task.
     pub async fn review(
         &self,

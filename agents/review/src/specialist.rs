@@ -116,4 +116,8 @@ impl<S: Specialty> Handler for Specialist<S> {
     fn breakers(&self) -> Vec<choreo_bus::guard::CircuitBreaker> {
         self.brain.breaker().cloned().into_iter().collect()
     }
+
+    fn describe(&self) -> Vec<(String, String)> {
+        self.brain.describe()
+    }
 }

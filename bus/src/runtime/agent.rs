@@ -261,6 +261,13 @@ pub trait Handler: Send + Sync + 'static {
     fn breakers(&self) -> Vec<crate::guard::CircuitBreaker> {
         Vec::new()
     }
+
+    /// What this handler is, as `(key, value)` pairs for the copy's Services API metadata
+    /// (`choreo agents --json`, `nats micro info`): a specialist says its brain and model.
+    /// Keys are the handler's own; `choreo.` is the runtime's prefix. None by default.
+    fn describe(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// A shared handler, so its owner can keep a handle on its state while the runtime runs it.
@@ -274,6 +281,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
 
     fn breakers(&self) -> Vec<crate::guard::CircuitBreaker> {
         (**self).breakers()
+    }
+
+    fn describe(&self) -> Vec<(String, String)> {
+        (**self).describe()
     }
 }
 

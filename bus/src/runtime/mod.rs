@@ -259,6 +259,7 @@ impl<H: Handler> Runtime<H> {
             &self.client,
             &self.agent,
             &self.config.namespace,
+            self.handler.describe(),
             metrics.clone(),
         )
         .await

@@ -1,7 +1,8 @@
 //! A running copy of an agent, visible on NATS: each registers on the Services API (ADR-32)
 //! under its agent's name, so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (and their `.<name>`
 //! forms) are answered by every live copy, each with an id of its own. Its metadata says what
-//! it is (the namespace, what it subscribes to and emits); its stats carry what it has done
+//! it is (the namespace, what it subscribes to and emits, and what its handler says of itself
+//! through `Handler::describe`, e.g. a specialist's brain and model); its stats carry what it has done
 //! ([`Summary`]: handled, failed, mean handling time, in flight, breakers), as the data of its
 //! one endpoint, `status`, which answers a request with the same summary.
 //!
@@ -42,6 +43,7 @@ pub(crate) async fn announce(
     client: &async_nats::Client,
     agent: &Agent,
     namespace: &Namespace,
+    described: Vec<(String, String)>,
     metrics: AgentMetrics,
 ) -> Result<(Service, tokio::task::JoinHandle<()>), async_nats::Error> {
     let list = |types: &[crate::names::EventType]| {
@@ -51,7 +53,9 @@ pub(crate) async fn announce(
             .collect::<Vec<_>>()
             .join(",")
     };
-    let metadata = HashMap::from([
+    // The handler's own first, so the runtime's keys win a clash.
+    let mut metadata: HashMap<String, String> = described.into_iter().collect();
+    metadata.extend([
         (metadata::NAMESPACE.to_string(), namespace.to_string()),
         (metadata::SUBSCRIBES.to_string(), list(agent.subscribes())),
         (metadata::EMITS.to_string(), list(agent.emits())),

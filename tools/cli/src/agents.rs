@@ -51,6 +51,8 @@ struct Copy {
     id: String,
     version: String,
     subscribes: String,
+    /// What the copy's handler says of itself (a specialist: `brain`, `model`).
+    described: BTreeMap<String, String>,
     #[serde(flatten)]
     summary: Option<Summary>,
 }
@@ -138,6 +140,12 @@ async fn look(
                 .get(metadata::SUBSCRIBES)
                 .cloned()
                 .unwrap_or_default(),
+            described: info
+                .metadata
+                .iter()
+                .filter(|(key, _)| !key.starts_with("choreo."))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
             summary,
         });
     }
