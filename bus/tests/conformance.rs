@@ -885,6 +885,67 @@ async fn shutdown_finishes_and_acks_events_in_hand_and_loses_none() -> anyhow::R
     Ok(())
 }
 
+/// An envelope published without a time and with an id that is not a UUIDv7 (a client in
+/// another language): its children carry the time the stream stored it, not 1970, in their
+/// ids and as the input's time the handler sees.
+#[tokio::test]
+async fn an_input_without_a_time_gets_its_stored_time_and_its_children_do_not_sort_in_1970()
+-> anyhow::Result<()> {
+    use prost::Message as _;
+    let bus = Bus::start().await?;
+    let seen_time: Log<Option<i64>> = log();
+    let seen = seen_time.clone();
+    let agent = bus
+        .run(
+            relay("timeless"),
+            handler_fn(move |event: Incoming| {
+                seen.lock()
+                    .unwrap()
+                    .push(event.time.as_ref().map(|t| t.seconds));
+                async move { relay_child(&event) }
+            }),
+            quick_config(),
+        )
+        .await?;
+    let bare = Event {
+        id: "legacy-1".into(),
+        r#type: "in.put".into(),
+        source: "elsewhere".into(),
+        correlation_id: "legacy-run".into(),
+        content_type: "application/json".into(),
+        data: "1".into(),
+        ..Event::default()
+    };
+    bus.jetstream
+        .publish("events.legacy-run.in.put", bare.encode_to_vec().into())
+        .await?
+        .await?;
+    wait_until("the child is stored", || async {
+        Ok(bus.events("events.legacy-run.out.put").await?.len() == 1)
+    })
+    .await?;
+    agent.stop().await?;
+    let child = bus.events("events.legacy-run.out.put").await?.remove(0);
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let millis = uuid::Uuid::parse_str(&child.id)?
+        .get_timestamp()
+        .map(|ts| ts.to_unix().0)
+        .unwrap_or(0);
+    assert!(
+        since_epoch.as_secs().abs_diff(millis) < 3600,
+        "the child's id carries second {millis}, not about {}",
+        since_epoch.as_secs()
+    );
+    let times = seen_time.lock().unwrap().clone();
+    assert!(
+        times
+            .iter()
+            .all(|time| time.is_some_and(|seconds| seconds > 1_700_000_000)),
+        "the handler saw {times:?}"
+    );
+    Ok(())
+}
+
 /// A stop asked for while the server is gone (a SIGTERM as a node is lost, `docker stop` on a
 /// host cut off) is done within the graces: the last flush of acks is not waited on forever.
 #[tokio::test]

@@ -56,6 +56,8 @@ impl Held {
 pub(super) struct Facts {
     pub stream: String,
     pub stream_sequence: u64,
+    /// When the stream stored the message: the same on every delivery.
+    pub stored_at: std::time::SystemTime,
     /// Deliveries as the server counts them.
     pub delivered: u64,
     /// Deliveries that were real attempts (not deferred on an outage).
@@ -90,6 +92,7 @@ impl<H: Handler> Worker<H> {
                 Facts {
                     stream: info.stream.to_string(),
                     stream_sequence,
+                    stored_at: info.published.into(),
                     delivered,
                     attempts: self.deferrals.attempts(stream_sequence, delivered),
                 }
@@ -134,7 +137,16 @@ impl<H: Handler> Worker<H> {
                 .await;
         }
         let event = match envelope::decode(message.payload.clone()) {
-            Ok(event) => event,
+            // An envelope without a time (a client in another language that left it out) takes
+            // the time the stream stored it: the same on every delivery, so the ids of its
+            // children, which carry the parent's millisecond when its id is not a UUIDv7, stay
+            // the same on a redelivery, and do not sort in 1970.
+            Ok(mut event) => {
+                if event.time.is_none() {
+                    event.time = Some(facts.stored_at.into());
+                }
+                event
+            }
             Err(err) => {
                 let outcome = Outcome::Undecodable(err.to_string());
                 return self
