@@ -688,22 +688,12 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
 
     // The agent's metrics say the same: one call per review, the billed tokens (100 in, 50
     // out each), and their cost at 3 and 15 per million.
-    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
-        .await?
-        .text()
-        .await?;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let (text, scrape) =
+        choreo_testkit::metrics::scrape(&format!("http://{metrics_address}/metrics")).await?;
+    let model = ("model", "gpt-4o-mini");
     let sum = |metric: &str, label: Option<(&str, &str)>| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric && s.labels.get("model") == Some("gpt-4o-mini"))
-            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+        let labels: Vec<(&str, &str)> = std::iter::once(model).chain(label).collect();
+        choreo_testkit::metrics::total(&scrape, metric, &labels)
     };
     assert_eq!(
         sum("choreo_model_calls_total", Some(("outcome", "ok"))),

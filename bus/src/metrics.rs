@@ -93,6 +93,10 @@ struct Transition {
     to: &'static str,
 }
 
+/// The media type of the text `/metrics` serves (the gateway's too).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Handling times from a millisecond to about two and a half minutes, doubling.
 fn handling_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 18))
@@ -472,10 +476,7 @@ impl AgentMetrics {
                     let metrics = metrics.clone();
                     async move {
                         (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
+                            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
                             metrics.encode(),
                         )
                     }

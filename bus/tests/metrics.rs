@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use choreo_bus::guard::{BreakerConfig, GuardsConfig};
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, RuntimeConfig, handler_fn};
+use choreo_testkit::metrics::{self, Scrape, total};
 use choreo_testkit::{Bus, event_type, quick_config, wait_until};
-use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 
 /// A free loopback port for the endpoint.
@@ -19,28 +19,9 @@ fn free_address() -> SocketAddr {
 }
 
 async fn scrape(address: SocketAddr) -> anyhow::Result<Scrape> {
-    let body = reqwest::get(format!("http://{address}/metrics"))
+    Ok(metrics::scrape(&format!("http://{address}/metrics"))
         .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(Scrape::parse(
-        body.lines().map(|line| Ok(line.to_string())),
-    )?)
-}
-
-/// The sum of `metric`'s samples whose labels include every pair of `labels`.
-fn total(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == metric)
-        .filter(|sample| labels.iter().all(|(k, v)| sample.labels.get(k) == Some(*v)))
-        .map(|sample| match &sample.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            other => panic!("{metric} is not a single number: {other:?}"),
-        })
-        .sum()
+        .1)
 }
 
 async fn status(address: SocketAddr, path: &str) -> anyhow::Result<u16> {

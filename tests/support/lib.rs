@@ -6,6 +6,7 @@
 //! directory share it.
 
 pub mod compose;
+pub mod metrics;
 pub mod team;
 
 use std::future::Future;

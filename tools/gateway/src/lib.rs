@@ -334,22 +334,25 @@ fn answer(result: Result<Response, Problem>) -> Response {
 }
 
 async fn post_events(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    let asked = tokio::time::Instant::now();
-    let response = answer(gateway.events(headers, body).await);
-    gateway
-        .inner
-        .metrics
-        .answered("events", response.status().as_u16(), asked.elapsed());
-    response
+    counted(&gateway, "events", gateway.events(headers, body)).await
 }
 
 async fn post_github(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
+    counted(&gateway, "github", gateway.github(headers, body)).await
+}
+
+/// The answer to a request on `route`, counted by its status and timed.
+async fn counted(
+    gateway: &Gateway,
+    route: &'static str,
+    handling: impl Future<Output = Result<Response, Problem>>,
+) -> Response {
     let asked = tokio::time::Instant::now();
-    let response = answer(gateway.github(headers, body).await);
+    let response = answer(handling.await);
     gateway
         .inner
         .metrics
-        .answered("github", response.status().as_u16(), asked.elapsed());
+        .answered(route, response.status().as_u16(), asked.elapsed());
     response
 }
 
@@ -357,7 +360,7 @@ async fn metrics(State(gateway): State<Gateway>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            choreo_bus::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         gateway.inner.metrics.encode(),
     )

@@ -673,28 +673,11 @@ async fn metrics_count_requests_by_status_and_the_events_stored() {
         .expect("request");
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 
-    let text = door
-        .http
-        .get(format!("{}/metrics", door.url))
-        .send()
+    let (text, scrape) = choreo_testkit::metrics::scrape(&format!("{}/metrics", door.url))
         .await
-        .expect("request")
-        .text()
-        .await
-        .expect("text");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("Prometheus text");
-    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == metric)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+        .expect("Prometheus text at /metrics");
+    let value = |metric: &str, labels: &[(&str, &str)]| {
+        choreo_testkit::metrics::total(&scrape, metric, labels)
     };
     let events = [("route", "events")];
     assert_eq!(
