@@ -74,23 +74,17 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     wait_delivered(&log, &BTreeSet::from([sample_run.clone()])).await?;
     let sample = shape(&events(&log, &format!("events.{sample_run}.>")).await?);
 
-    // 1. The leader's container killed while reviews are in flight.
+    // 1. The leader's container killed while reviews are in flight, then started again.
     let leader = cluster.leader(None).await?;
-    reviews.post_many(BEFORE).await?;
     let container = project.container(&leader).await?;
-    let fault = Instant::now();
-    docker(&["kill", &container]).await?;
-    let (posted, elected) = tokio::join!(
-        reviews.post_many(DURING),
-        cluster.wait_for_leader(&leader, fault)
-    );
-    let (posted, (new_leader, elected)) = (posted?, elected?);
-    let log = cluster.log(Some(&leader)).await?;
-    wait_delivered(&log, &reviews.runs()).await?;
-    let killed = reviews
-        .pauses("leader killed", elected, &posted, &log)
-        .await?;
-    eprintln!("{killed}; {new_leader} leads now");
+    let killed = ride_out(
+        &cluster,
+        &mut reviews,
+        "leader killed",
+        &leader,
+        &["kill", &container],
+    )
+    .await?;
     checked(&mut project.compose(&["start", &leader])).await?;
     cluster.refresh(node_named(&leader)?).await?;
     cluster.wait_all_current().await?;
@@ -99,20 +93,14 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
     let cut = cluster.leader(None).await?;
     let container = project.container(&cut).await?;
     let network = format!("{}_default", project.name);
-    reviews.post_many(BEFORE).await?;
-    let fault = Instant::now();
-    docker(&["network", "disconnect", &network, &container]).await?;
-    let (posted, elected) = tokio::join!(
-        reviews.post_many(DURING),
-        cluster.wait_for_leader(&cut, fault)
-    );
-    let (posted, (new_leader, elected)) = (posted?, elected?);
-    let log = cluster.log(Some(&cut)).await?;
-    wait_delivered(&log, &reviews.runs()).await?;
-    let partitioned = reviews
-        .pauses("node cut off", elected, &posted, &log)
-        .await?;
-    eprintln!("{partitioned}; {new_leader} leads now");
+    let partitioned = ride_out(
+        &cluster,
+        &mut reviews,
+        "node cut off",
+        &cut,
+        &["network", "disconnect", &network, &container],
+    )
+    .await?;
     // Back on the network under its service name, which the other nodes' routes and every
     // client's URL use.
     docker(&["network", "connect", "--alias", &cut, &network, &container]).await?;
@@ -140,6 +128,29 @@ async fn faults(project: &Project) -> anyhow::Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// A fault on `node` (`docker FAULT...`) while reviews are in flight: reviews posted before it
+/// and during it, the new leader waited for meanwhile, every review so far delivered without
+/// `node`. Returns what the fault cost (see [`Reviews::pauses`]).
+async fn ride_out(
+    cluster: &Cluster<'_>,
+    reviews: &mut Reviews<'_>,
+    name: &str,
+    node: &str,
+    fault: &[&str],
+) -> anyhow::Result<String> {
+    reviews.post_many(BEFORE).await?;
+    let at = Instant::now();
+    docker(fault).await?;
+    let (posted, elected) =
+        tokio::join!(reviews.post_many(DURING), cluster.wait_for_leader(node, at));
+    let (posted, (new_leader, elected)) = (posted?, elected?);
+    let log = cluster.log(Some(node)).await?;
+    wait_delivered(&log, &reviews.runs()).await?;
+    let paid = reviews.pauses(name, elected, &posted, &log).await?;
+    eprintln!("{paid}; {new_leader} leads now");
+    Ok(paid)
 }
 
 /// `name` as one of [`NODES`].
