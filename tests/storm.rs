@@ -144,6 +144,7 @@ async fn a_ping_pong_loop_is_stopped_by_the_run_event_budget_shared_by_both_agen
             g.budget = BudgetLimits {
                 max_events: Some(9),
                 max_tokens: None,
+                max_cost_micros: None,
             }
         }),
         0,
@@ -168,6 +169,7 @@ async fn a_ping_pong_loop_is_stopped_by_the_run_token_budget() -> anyhow::Result
             g.budget = BudgetLimits {
                 max_events: Some(1000),
                 max_tokens: Some(450),
+                max_cost_micros: None,
             }
         }),
         100,

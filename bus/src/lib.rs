@@ -14,6 +14,8 @@
 //! - [`guard`]: storm control: depth and cycle limits, shared run budgets, rate limiters and
 //!   circuit breakers.
 //! - [`dead_letter`]: what a dead letter holds and why it was written.
+//! - [`handling`]: each handling's record in the log (received, took, spend, end) and the
+//!   meter a handler's model calls are counted on.
 //! - [`serve`] and [`settings`]: the whole `main` of an agent binary, configured by flags,
 //!   environment or a file.
 //! - [`metrics`]: an agent's Prometheus metrics and its `/healthz` and `/readyz` probes.
@@ -28,6 +30,7 @@ pub mod connect;
 pub mod dead_letter;
 pub mod envelope;
 pub mod guard;
+pub mod handling;
 pub mod log;
 pub mod metrics;
 pub mod names;

@@ -353,18 +353,22 @@ impl Publisher {
         self.send_with_headers(event, event_headers(event)).await
     }
 
-    /// Sends one of the `emitted` children of a handling: [`Publisher::send_event`] with that
-    /// count in the [`headers::EMITTED`] header.
+    /// Sends the `index`-th of the `emitted` children of a handling: [`Publisher::send_event`]
+    /// with that count in the [`headers::EMITTED`] header and the handling's record
+    /// ([`crate::handling`]).
     pub async fn send_child(
         &self,
         event: &Event,
+        index: usize,
         emitted: usize,
+        handling: &crate::handling::ChildHeaders,
     ) -> Result<PendingPublish, PublishError> {
         let mut headers = event_headers(event);
         headers.insert(
             const { HeaderName::from_static(headers::EMITTED) },
             itoa::Buffer::new().format(emitted),
         );
+        handling.write(index, &mut headers);
         self.send_with_headers(event, headers).await
     }
 

@@ -70,6 +70,14 @@ pub struct AgentSettings {
     /// LLM tokens one run may spend, shared by all agents [default: 500000].
     #[arg(long, env = "CHOREO_MAX_TOKENS", value_name = "N|off")]
     pub max_tokens: Option<Limit>,
+    /// What the model calls of one run may cost, shared by all agents, in the unit of
+    /// CHOREO_LLM_PRICE, e.g. 0.50 [default: off].
+    #[arg(long, env = "CHOREO_MAX_COST", value_name = "AMOUNT|off")]
+    pub max_cost: Option<CostLimit>,
+    /// A handling that emits nothing is recorded in the log (a choreo.handled notice) when it
+    /// failed, spent money, or took at least this long; 0s records every one [default: 100ms].
+    #[arg(long, env = "CHOREO_RECORD_HANDLINGS_OVER", value_name = "DURATION")]
+    pub record_handlings_over: Option<HumanDuration>,
 
     /// Pace of handling in this process, e.g. 100/s or 30/m [default: off].
     #[arg(long, env = "CHOREO_HANDLE_RATE", value_name = "RATE|off")]
@@ -156,6 +164,8 @@ impl AgentSettings {
             max_visits: self.max_visits.or(under.max_visits),
             max_events: self.max_events.or(under.max_events),
             max_tokens: self.max_tokens.or(under.max_tokens),
+            max_cost: self.max_cost.or(under.max_cost),
+            record_handlings_over: self.record_handlings_over.or(under.record_handlings_over),
             handle_rate: self.handle_rate.or(under.handle_rate),
             handle_burst: self.handle_burst.or(under.handle_burst),
             publish_rate: if self.publish_rate.is_empty() {
@@ -196,6 +206,9 @@ impl AgentSettings {
             config.shutdown_grace = grace.0;
         }
         config.metrics_listen = self.metrics_listen;
+        if let Some(over) = self.record_handlings_over {
+            config.record_handlings_over = over.0;
+        }
         let guards = &mut config.guards;
         if let Some(limit) = self.max_depth {
             guards.depth = limit.as_u32("max-depth")?.map(|max| DepthLimit { max });
@@ -210,6 +223,9 @@ impl AgentSettings {
         }
         if let Some(limit) = self.max_tokens {
             guards.budget.max_tokens = limit.0;
+        }
+        if let Some(limit) = self.max_cost {
+            guards.budget.max_cost_micros = limit.0;
         }
         let handle_burst = self.handle_burst.unwrap_or(1);
         guards.handle_rate = match self.handle_rate {
@@ -286,6 +302,32 @@ impl FromStr for Limit {
             number => number.parse().map(|n| Limit(Some(n))).map_err(|_| {
                 ValidationError::new("limit", format!("{text:?} is not a whole number or off"))
             }),
+        }
+    }
+}
+
+/// A cost limit written in the price's unit (`0.50`), or `off`; held in millionths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostLimit(pub Option<u64>);
+
+impl FromStr for CostLimit {
+    type Err = ValidationError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || {
+            ValidationError::new(
+                "max-cost",
+                format!("{text:?} is not an amount above 0 (like 0.50) or off"),
+            )
+        };
+        match text.trim() {
+            "off" => Ok(CostLimit(None)),
+            amount => {
+                let amount: f64 = amount.parse().map_err(|_| invalid())?;
+                match crate::handling::cost_to_micros(amount) {
+                    0 => Err(invalid()),
+                    micros => Ok(CostLimit(Some(micros))),
+                }
+            }
         }
     }
 }
@@ -401,6 +443,7 @@ enum TextOrNumber {
 
 deserialize_via_from_str!(
     Limit,
+    CostLimit,
     HumanDuration,
     RateSetting,
     Switch,
@@ -413,11 +456,15 @@ impl fmt::Display for GuardsConfig {
         let limit = |value: Option<u64>| value.map_or("off".to_string(), |n| n.to_string());
         write!(
             f,
-            "max-depth {}, max-visits {}, max-events {}, max-tokens {}, handle-rate {}",
+            "max-depth {}, max-visits {}, max-events {}, max-tokens {}, max-cost {}, \
+             handle-rate {}",
             limit(self.depth.map(|d| u64::from(d.max))),
             limit(self.cycle.map(|c| u64::from(c.max_visits))),
             limit(self.budget.max_events),
             limit(self.budget.max_tokens),
+            self.budget.max_cost_micros.map_or("off".to_string(), |micros| {
+                crate::guard::BudgetKind::Cost.amount(micros)
+            }),
             self.handle_rate
                 .map_or("off".to_string(), |r| r.to_string()),
         )?;
@@ -470,6 +517,8 @@ mod tests {
             "200",
             "--max-tokens",
             "9000",
+            "--max-cost",
+            "0.25",
             "--handle-rate",
             "50/s",
             "--handle-burst",
@@ -492,6 +541,7 @@ mod tests {
         assert_eq!(guards.cycle, None);
         assert_eq!(guards.budget.max_events, Some(200));
         assert_eq!(guards.budget.max_tokens, Some(9000));
+        assert_eq!(guards.budget.max_cost_micros, Some(250_000));
         let handle = guards.handle_rate.expect("rate");
         assert_eq!(
             (handle.rate.to_string(), handle.burst),

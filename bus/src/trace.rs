@@ -4,8 +4,10 @@
 //! its cost is the run's size, not the stream's. Each event becomes a [`TraceNode`] under the
 //! event that caused it, with its outcome: which agents reacted (published children), which
 //! gave up on it (the runtime's `choreo.dead_lettered` notices, folded into the node rather
-//! than shown as children), and, given the agents' consumer positions, which acknowledged it
-//! without publishing anything and which have yet to.
+//! than shown as children), each agent's handlings of it (from the records its children carry
+//! and the `choreo.handled` notices, see [`crate::handling`]: received, took, done, spend), and,
+//! given the agents' consumer positions, which acknowledged it without publishing anything and
+//! which have yet to.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_FOR, REDRIVE_OF};
 use crate::envelope;
+use crate::handling::{HANDLED, HandlingNotice, HandlingRecord, Spend};
 use crate::log::{LogError, LogQuery, LogReader, LogRecord};
 use crate::names::{Namespace, subject_matches, validate_id};
 use crate::projection::run_board::AgentPosition;
@@ -52,8 +55,31 @@ pub struct TraceNode {
     /// Subscribed agents that have not acknowledged it yet.
     pub waiting_on: BTreeSet<String>,
     pub dead_letters: Vec<DeadLetterNotice>,
+    /// Each agent's handlings of it, in the order the log tells them.
+    pub handlings: Vec<HandlingRecord>,
     /// Set on a redriven copy: the dead letter it came from and the agent it is for.
     pub redrive: Option<Redrive>,
+}
+
+impl TraceNode {
+    /// Folds in the record a child carries: the first child of a handling adds it, its
+    /// siblings move its end to the last of them stored.
+    fn handling_emitted(&mut self, handling: HandlingRecord) {
+        let same = self.handlings.iter_mut().find(|known| {
+            known.agent == handling.agent
+                && known.received == handling.received
+                && known.end == handling.end
+        });
+        match same {
+            Some(known) => {
+                known.done = known.done.max(handling.done);
+                if known.spend.is_empty() {
+                    known.spend = handling.spend;
+                }
+            }
+            None => self.handlings.push(handling),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,7 +88,7 @@ pub struct Redrive {
     pub agent: String,
 }
 
-fn millis<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn millis<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(duration.as_secs_f64() * 1000.0)
 }
 
@@ -152,6 +178,14 @@ impl RunTrace {
                 continue;
             };
             let parent = by_id.get(&event.causation_id).copied();
+            if event.r#type == HANDLED
+                && let Some(parent) = parent
+                && let Ok(notice) = envelope::json_data::<HandlingNotice>(&event)
+            {
+                let record = HandlingRecord::from_notice(notice, record.time);
+                trace.nodes[parent].handlings.push(record);
+                continue;
+            }
             if event.r#type == DEAD_LETTERED
                 && let Some(parent) = parent
                 && let Ok(notice) = envelope::json_data::<DeadLetterNotice>(&event)
@@ -174,8 +208,16 @@ impl RunTrace {
                 .partition::<Vec<_>, _>(|agent| agent.ack_floor >= record.sequence);
             let index = trace.nodes.len();
             if let Some(parent) = parent {
-                trace.nodes[parent].children.push(index);
-                trace.nodes[parent].handled_by.insert(event.source.clone());
+                let node = &mut trace.nodes[parent];
+                node.children.push(index);
+                node.handled_by.insert(event.source.clone());
+                if let Some(handling) =
+                    HandlingRecord::from_child_headers(&event.source, record.time, |name| {
+                        record.header(name)
+                    })
+                {
+                    node.handling_emitted(handling);
+                }
             } else {
                 trace.roots.push(index);
             }
@@ -195,6 +237,7 @@ impl RunTrace {
                     .collect(),
                 waiting_on: waiting_on.into_iter().map(|a| a.agent.clone()).collect(),
                 dead_letters: Vec::new(),
+                handlings: Vec::new(),
                 redrive,
             });
         }
@@ -229,6 +272,15 @@ impl RunTrace {
             }
         }
         order
+    }
+
+    /// What the run's handlings spent on models, in all.
+    pub fn spend(&self) -> Spend {
+        let mut total = Spend::default();
+        for handling in self.nodes.iter().flat_map(|node| &node.handlings) {
+            total.add(&handling.spend);
+        }
+        total
     }
 
     /// Whether any event of the run was given up on.
@@ -335,5 +387,82 @@ mod tests {
         assert_eq!(trace.nodes[2].dead_letters, vec![notice]);
         assert_eq!(trace.nodes[2].offset, Duration::from_millis(20));
         assert_eq!(trace.dead_letter_count(), 1);
+    }
+
+    #[test]
+    fn handlings_come_from_children_headers_and_notices() {
+        use crate::handling::{ChildHeaders, HandlingEnd, HandlingNotice};
+        use std::time::SystemTime;
+
+        let ns = Namespace::default();
+        let root = RootEvent::new(emit("a.requested"), "cli")
+            .with_correlation_id("run-2")
+            .into_event()
+            .expect("valid");
+        let worker = AgentName::new("worker").expect("name");
+        let first = stamp_child(&root, &worker, 0, emit("b.done"));
+        let second = stamp_child(&root, &worker, 1, emit("b.done"));
+        let received = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let spend = Spend {
+            calls: 2,
+            input_tokens: 100,
+            output_tokens: 20,
+            cost: 0.003,
+            model: "m".into(),
+        };
+        let handling = ChildHeaders::new(received, Duration::from_secs(12), &spend);
+        let with_headers = |sequence, event: &Event, index| {
+            let mut record = record(sequence, event);
+            let mut headers = async_nats::HeaderMap::new();
+            handling.write(index, &mut headers);
+            record.headers = Some(headers);
+            record
+        };
+        let notice = HandlingNotice {
+            agent: "waiter".into(),
+            event_id: root.id.clone(),
+            event_type: root.r#type.clone(),
+            delivery: 1,
+            received: OffsetDateTime::from(received),
+            took_ms: 2500.0,
+            end: HandlingEnd::Failed,
+            error: "429".into(),
+            spend: Spend {
+                calls: 1,
+                cost: 0.001,
+                ..Spend::default()
+            },
+        };
+        let notice_event = stamp_child(
+            &root,
+            &AgentName::new("waiter").expect("name"),
+            0,
+            Emit::json(EventType::new(HANDLED).expect("type"), &notice).expect("json"),
+        );
+        let records = [
+            record(1, &root),
+            with_headers(2, &first, 0),
+            with_headers(3, &second, 1),
+            record(4, &notice_event),
+        ];
+        let trace = RunTrace::from_records(&ns, "run-2", &records, &[]);
+
+        assert_eq!(trace.len(), 3, "the notice is an outcome, not an event");
+        let handlings = &trace.nodes[0].handlings;
+        assert_eq!(handlings.len(), 2, "two children of one handling are one handling");
+        let worked = &handlings[0];
+        assert_eq!(worked.agent, "worker");
+        assert_eq!(worked.end, "emitted");
+        assert_eq!(worked.took, Duration::from_secs(12));
+        assert_eq!(worked.received, OffsetDateTime::from(received));
+        assert_eq!(worked.done, records[2].time, "done when its last child was stored");
+        assert_eq!(worked.spend, spend, "the spend rides on the first child");
+        let failed = &handlings[1];
+        assert_eq!((failed.agent.as_str(), failed.end.as_str()), ("waiter", "failed"));
+        assert_eq!(failed.error, "429");
+        assert_eq!(failed.done, records[3].time);
+        let total = trace.spend();
+        assert_eq!(total.calls, 3);
+        assert_eq!(total.cost_micros(), 4000);
     }
 }

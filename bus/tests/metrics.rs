@@ -186,6 +186,7 @@ async fn rate_limit_waits_and_budget_refusals_are_counted() -> anyhow::Result<()
             budget: BudgetLimits {
                 max_events: Some(1),
                 max_tokens: None,
+                max_cost_micros: None,
             },
             ..GuardsConfig::default()
         },

@@ -31,6 +31,8 @@ pub struct Task<'a> {
     pub revision: Option<Revision<'a>>,
     /// The run's budget, if the agent has one: a model call is not made when it cannot fit.
     pub budget: Option<&'a choreo_bus::guard::RunBudget>,
+    /// The handling's meter: every model call is recorded on it.
+    pub spend: &'a choreo_bus::handling::SpendMeter,
 }
 
 /// What the editor sent back.

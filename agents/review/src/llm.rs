@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BreakerConfig, CircuitBreaker, Permit};
-use choreo_bus::metrics::AgentMetrics;
+use choreo_bus::handling::SpendMeter;
 use choreo_bus::settings::HumanDuration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -120,6 +120,17 @@ pub enum LlmError {
         left: u64,
         max_tokens: u64,
     },
+    /// The run has less of its cost budget left than one answer may cost: no call was made.
+    #[error(
+        "run {correlation} has {left:.6} of its cost budget left, less than one answer may cost \
+         ({one_answer:.6}: CHOREO_LLM_MAX_TOKENS at the output price of CHOREO_LLM_PRICE); the \
+         model was not called (raise --max-cost if the run is meant to spend more)"
+    )]
+    OverCostBudget {
+        correlation: String,
+        left: f64,
+        one_answer: f64,
+    },
     /// The run's budget could not be read, so spending cannot be checked yet.
     #[error(transparent)]
     BudgetUnavailable(#[from] choreo_bus::guard::BudgetError),
@@ -137,7 +148,7 @@ impl From<LlmError> for choreo_bus::HandlerError {
             LlmError::Unavailable(open) => open.into(),
             err @ LlmError::Failed { .. } => choreo_bus::HandlerError::retryable(err),
             err @ LlmError::Rejected { .. } => choreo_bus::HandlerError::permanent(err),
-            err @ LlmError::OverBudget { .. } => {
+            err @ (LlmError::OverBudget { .. } | LlmError::OverCostBudget { .. }) => {
                 choreo_bus::HandlerError::OverBudget(err.to_string())
             }
             err @ LlmError::BudgetUnavailable(_) => {
@@ -158,25 +169,15 @@ pub struct LlmBrain {
     max_tokens: u64,
     breaker: CircuitBreaker,
     price: Option<Price>,
-    /// Where each call is counted (model, outcome, tokens, cost); see [`LlmBrain::counted_in`].
-    metrics: Option<AgentMetrics>,
 }
 
 impl LlmBrain {
-    /// Counts every call into `metrics` (the process's, served at `/metrics`).
-    pub fn counted_in(mut self, metrics: AgentMetrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Records one call's outcome and the tokens billed for it.
-    fn count(&self, outcome: &'static str, usage: Option<&Usage>) {
-        let Some(metrics) = &self.metrics else {
-            return;
-        };
+    /// Records one call's outcome and the tokens billed for it on the handling's meter (which
+    /// counts it in the process's metrics too).
+    fn count(&self, spend: &SpendMeter, outcome: &'static str, usage: Option<&Usage>) {
         let (input, output) = usage.map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
         let cost = self.price.map(|price| price.cost(input, output));
-        metrics.model_call(&self.model, outcome, input, output, cost);
+        spend.model_call(&self.model, outcome, input, output, cost);
     }
 
     /// A brain for `settings`, or `None` when no URL is set. Its calls, and the waits between
@@ -241,7 +242,6 @@ impl LlmBrain {
             max_tokens: settings.llm_max_tokens,
             breaker,
             price: settings.llm_price,
-            metrics: None,
         }))
     }
 
@@ -271,6 +271,19 @@ impl LlmBrain {
                 max_tokens: self.max_tokens,
             });
         }
+        if let Some(budget) = task.budget
+            && let Some(price) = self.price
+            && let Some(left) = budget.cost_left_micros().await?
+        {
+            let one_answer = price.cost(0, self.max_tokens);
+            if (left as f64) / 1e6 < one_answer {
+                return Err(LlmError::OverCostBudget {
+                    correlation: budget.correlation().to_string(),
+                    left: left as f64 / 1e6,
+                    one_answer,
+                });
+            }
+        }
         let request = serde_json::json!({
             "model": self.model,
             "temperature": 0,
@@ -285,7 +298,7 @@ impl LlmBrain {
         for attempt in 1..=self.attempts {
             let permit = self.breaker.try_acquire()?;
             tokens.calls += 1;
-            let wait = match self.call(&request, permit, &mut tokens).await {
+            let wait = match self.call(&request, permit, &mut tokens, task.spend).await {
                 Ok(answer) => return Ok(answer.into_review(tokens)),
                 Err(Attempt::Refused { status, body }) => {
                     return Err(LlmError::Rejected { status, body });
@@ -323,6 +336,7 @@ impl LlmBrain {
         request: &serde_json::Value,
         permit: Permit,
         tokens: &mut Tokens,
+        spend: &SpendMeter,
     ) -> Result<Answer, Attempt> {
         let mut call = self.http.post(&self.endpoint).json(request);
         if let Some(key) = &self.api_key {
@@ -332,7 +346,7 @@ impl LlmBrain {
             Ok(response) => response,
             Err(err) => {
                 permit.failure();
-                self.count("failed", None);
+                self.count(spend, "failed", None);
                 return Err(Attempt::again(format!("{}: {err}", self.endpoint), None));
             }
         };
@@ -347,13 +361,13 @@ impl LlmBrain {
             Ok(body) => body,
             Err(err) => {
                 permit.failure();
-                self.count("failed", None);
+                self.count(spend, "failed", None);
                 return Err(Attempt::again(format!("reading the answer: {err}"), None));
             }
         };
         if status.as_u16() == 429 {
             permit.failure();
-            self.count("rate_limited", None);
+            self.count(spend, "rate_limited", None);
             return Err(Attempt::again(
                 "429 Too Many Requests".to_string(),
                 Some(retry_after.unwrap_or(Duration::from_secs(1))),
@@ -361,12 +375,12 @@ impl LlmBrain {
         }
         if status.is_server_error() {
             permit.failure();
-            self.count("server_error", None);
+            self.count(spend, "server_error", None);
             return Err(Attempt::again(format!("{status}: {}", clip(&body)), None));
         }
         if !status.is_success() {
             permit.ignore();
-            self.count("refused", None);
+            self.count(spend, "refused", None);
             return Err(Attempt::Refused {
                 status: status.as_u16(),
                 body: clip(&body),
@@ -376,7 +390,7 @@ impl LlmBrain {
             Ok(parsed) => parsed,
             Err(err) => {
                 permit.failure();
-                self.count("failed", None);
+                self.count(spend, "failed", None);
                 return Err(Attempt::again(
                     format!("not a chat completion: {err}"),
                     None,
@@ -393,7 +407,7 @@ impl LlmBrain {
         match parse_findings(&content) {
             Ok(findings) => {
                 permit.success();
-                self.count("ok", parsed.usage.as_ref());
+                self.count(spend, "ok", parsed.usage.as_ref());
                 Ok(Answer {
                     findings,
                     content,
@@ -404,7 +418,7 @@ impl LlmBrain {
             }
             Err(err) => {
                 permit.failure();
-                self.count("unusable", parsed.usage.as_ref());
+                self.count(spend, "unusable", parsed.usage.as_ref());
                 Err(Attempt::again(
                     format!("the answer is not the JSON asked for: {err}"),
                     None,

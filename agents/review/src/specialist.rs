@@ -36,7 +36,7 @@ pub async fn serve<S: Specialty>(rules: S, about: &str) -> ExitCode {
         about,
         |llm: LlmSettings, context| async move {
             let brain = match LlmBrain::from_settings(&llm, context.handler_timeout)? {
-                Some(model) => Brain::Llm(Box::new(model.counted_in(context.metrics.clone()))),
+                Some(model) => Brain::Llm(Box::new(model)),
                 None => Brain::Rules(rules),
             };
             Ok(Specialist::new(brain))
@@ -88,6 +88,7 @@ impl<S: Specialty> Handler for Specialist<S> {
             diff: &diff,
             revision: revised,
             budget: event.budget.as_ref(),
+            spend: &event.spend,
         };
         let review = self.brain.review(&task).await?;
         let mut emits = Vec::with_capacity(review.findings.len() + 1);

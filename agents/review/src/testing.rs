@@ -35,6 +35,7 @@ fn delivered(event: Event) -> Incoming {
         delivery: 1,
         stream_sequence: 1,
         budget: None,
+        spend: choreo_bus::handling::SpendMeter::default(),
     }
 }
 

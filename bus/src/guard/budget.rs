@@ -1,10 +1,11 @@
 //! Per-correlation budgets shared by every agent and every copy: a maximum number of events an
-//! agent may emit in one run, and a maximum of LLM tokens spent in it.
+//! agent may emit in one run, a maximum of LLM tokens spent in it, and a maximum cost.
 //!
 //! # How it is shared
 //!
-//! Each run has two JetStream counters in the `BUDGETS` stream (nats-server 2.12 counters,
-//! ADR-49): `budget.<ns>.<correlation>.events` and `.tokens`. An increment is one request; the
+//! Each run has up to three JetStream counters in the `BUDGETS` stream (nats-server 2.12
+//! counters, ADR-49): `budget.<ns>.<correlation>.events`, `.tokens` and `.cost` (in millionths
+//! of the price's unit, so a whole number). An increment is one request; the
 //! server adds atomically and answers with the new total, so there is no read-modify-write race
 //! between processes and no compare-and-set retry loop.
 //!
@@ -15,9 +16,9 @@
 //! that a run can stop a little early: grant left unspent in one process is not available to
 //! another (at most one grant per process, so a few events).
 //!
-//! Tokens are charged as they are reported, since they are already spent. The charge that passes
-//! `max_tokens` is refused, and the run's event counter is closed too, so every agent's
-//! publishing in the run stops, not only that of the agents that spend tokens.
+//! Tokens and cost are charged as they are reported, since they are already spent. The charge
+//! that passes `max_tokens` or `max_cost` is refused, and the run's event counter is closed
+//! too, so every agent's publishing in the run stops, not only that of the agents that spend.
 //!
 //! A redelivered input that was charged before a crash is charged again: the count errs on the
 //! side of stopping.
@@ -40,6 +41,9 @@ pub struct BudgetLimits {
     pub max_events: Option<u64>,
     /// LLM tokens reported by the events of one correlation. Default 500 000.
     pub max_tokens: Option<u64>,
+    /// What the model calls of one correlation may cost, in millionths of the price's unit
+    /// (`CHOREO_LLM_PRICE`). Default unlimited.
+    pub max_cost_micros: Option<u64>,
 }
 
 impl Default for BudgetLimits {
@@ -47,6 +51,7 @@ impl Default for BudgetLimits {
         BudgetLimits {
             max_events: Some(1000),
             max_tokens: Some(500_000),
+            max_cost_micros: None,
         }
     }
 }
@@ -56,6 +61,8 @@ impl Default for BudgetLimits {
 pub enum BudgetKind {
     Events,
     Tokens,
+    /// In millionths of the price's unit.
+    Cost,
 }
 
 impl BudgetKind {
@@ -63,6 +70,15 @@ impl BudgetKind {
         match self {
             BudgetKind::Events => "events",
             BudgetKind::Tokens => "tokens",
+            BudgetKind::Cost => "cost",
+        }
+    }
+
+    /// A counter's value as people read it: cost in the price's unit, the rest as counted.
+    pub fn amount(self, value: u64) -> String {
+        match self {
+            BudgetKind::Cost => format!("{:.6}", value as f64 / 1e6),
+            _ => value.to_string(),
         }
     }
 
@@ -70,6 +86,7 @@ impl BudgetKind {
         match self {
             BudgetKind::Events => "max-events",
             BudgetKind::Tokens => "max-tokens",
+            BudgetKind::Cost => "max-cost",
         }
     }
 }
@@ -79,9 +96,9 @@ impl BudgetKind {
 pub enum BudgetError {
     /// The run has used its budget: its publishing stops. Retrying cannot help.
     #[error(
-        "run {correlation} has used its {} budget ({used} of {limit}); its publishing has \
+        "run {correlation} has used its {} budget ({} of {}); its publishing has \
          stopped (raise --{} if the run is meant to be this big)",
-        kind.as_str(), kind.setting()
+        kind.as_str(), kind.amount(*used), kind.amount(*limit), kind.setting()
     )]
     Exhausted {
         kind: BudgetKind,
@@ -105,6 +122,8 @@ impl BudgetError {
 pub struct BudgetUsage {
     pub events: u64,
     pub tokens: u64,
+    /// In millionths of the price's unit.
+    pub cost_micros: u64,
 }
 
 /// One run's budget, handed to its handlers ([`crate::Incoming::budget`]) so that a handler
@@ -125,6 +144,16 @@ impl RunBudget {
             .budget
             .read(&self.correlation, BudgetKind::Tokens)
             .await?;
+        Ok(Some(limit.saturating_sub(used)))
+    }
+
+    /// What the run may still spend, in millionths of the price's unit; `None` when its cost
+    /// is not limited.
+    pub async fn cost_left_micros(&self) -> Result<Option<u64>, BudgetError> {
+        let Some(limit) = self.budget.limits.max_cost_micros else {
+            return Ok(None);
+        };
+        let used = self.budget.read(&self.correlation, BudgetKind::Cost).await?;
         Ok(Some(limit.saturating_sub(used)))
     }
 
@@ -218,6 +247,23 @@ impl CorrelationBudget {
         Ok(())
     }
 
+    /// Charges what a handling's model calls cost, in millionths. The charge that passes
+    /// `max_cost` is refused and closes the run's events, as the token budget does.
+    pub async fn charge_cost(&self, correlation: &str, micros: u64) -> Result<(), BudgetError> {
+        if micros == 0 {
+            return Ok(());
+        }
+        let Some(limit) = self.limits.max_cost_micros else {
+            return Ok(());
+        };
+        let used = self.add(correlation, BudgetKind::Cost, micros).await?;
+        if used > limit {
+            self.close_events(correlation).await;
+            return Err(self.exhausted(correlation, BudgetKind::Cost, used, limit));
+        }
+        Ok(())
+    }
+
     /// The budget of one run, as a handler sees it.
     pub fn for_run(&self, correlation: &str) -> RunBudget {
         RunBudget {
@@ -231,6 +277,7 @@ impl CorrelationBudget {
         Ok(BudgetUsage {
             events: self.read(correlation, BudgetKind::Events).await?,
             tokens: self.read(correlation, BudgetKind::Tokens).await?,
+            cost_micros: self.read(correlation, BudgetKind::Cost).await?,
         })
     }
 
@@ -242,6 +289,12 @@ impl CorrelationBudget {
             let tokens = self.read(correlation, BudgetKind::Tokens).await?;
             if tokens > limit {
                 return Err(self.exhausted(correlation, BudgetKind::Tokens, tokens, limit));
+            }
+        }
+        if let Some(limit) = self.limits.max_cost_micros {
+            let cost = self.read(correlation, BudgetKind::Cost).await?;
+            if cost > limit {
+                return Err(self.exhausted(correlation, BudgetKind::Cost, cost, limit));
             }
         }
         if let Some(limit) = self.limits.max_events {
@@ -285,12 +338,17 @@ impl CorrelationBudget {
             return Ok(());
         }
         self.give_back(correlation, held + granted, Some(cap));
-        // The events ran out; say so, unless it was the tokens that closed the run.
-        if let Some(token_limit) = self.limits.max_tokens
-            && let Ok(tokens) = self.read(correlation, BudgetKind::Tokens).await
-            && tokens > token_limit
-        {
-            return Err(self.exhausted(correlation, BudgetKind::Tokens, tokens, token_limit));
+        // The events ran out; say so, unless it was the tokens or the cost that closed the run.
+        for (kind, closing_limit) in [
+            (BudgetKind::Tokens, self.limits.max_tokens),
+            (BudgetKind::Cost, self.limits.max_cost_micros),
+        ] {
+            if let Some(closing_limit) = closing_limit
+                && let Ok(used) = self.read(correlation, kind).await
+                && used > closing_limit
+            {
+                return Err(self.exhausted(correlation, kind, used, closing_limit));
+            }
         }
         Err(self.exhausted(correlation, BudgetKind::Events, total.min(limit), limit))
     }

@@ -93,6 +93,7 @@ impl GuardsConfig {
             budget: BudgetLimits {
                 max_events: None,
                 max_tokens: None,
+                max_cost_micros: None,
             },
             handle_rate: None,
             publish_rates: BTreeMap::new(),

@@ -1,7 +1,8 @@
 //! The run board: one line per run (correlation), folded from the events stream.
 //!
 //! For each run: when it started and last moved, its root event, how many events and LLM
-//! tokens it used, which types it emitted, which agent emitted what from which input, and its
+//! tokens it used and what its model calls cost (from the handling records, see
+//! [`crate::handling`]), which types it emitted, which agent emitted what from which input, and its
 //! dead letters (from the `choreo.dead_lettered` events the runtime publishes into the run),
 //! marked resolved once redriven.
 //!
@@ -32,6 +33,7 @@ use time::OffsetDateTime;
 use super::Projection;
 use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_OF};
 use crate::envelope::EventView;
+use crate::handling::{HANDLED, HandlingNotice, Spend, headers as handling_headers};
 use crate::log::LogRecord;
 use crate::names::{Namespace, subject_matches};
 
@@ -144,8 +146,11 @@ pub struct Run {
     pub last_event: OffsetDateTime,
     /// Events stored (a redriven copy is not a new event).
     pub events: u64,
-    /// LLM tokens reported by the events' handlers.
+    /// LLM tokens reported by the events' handlers, and by handlings that emitted nothing.
     pub tokens: u64,
+    /// What the run's model calls cost, in millionths of the price's unit.
+    #[serde(default)]
+    pub cost_micros: u64,
     /// Per type: how many, and the stream sequence of the last (what agents must acknowledge).
     pub types: LiteMap<Name, TypeCount>,
     /// Per agent: what it emitted, by the input type it was handling.
@@ -168,6 +173,11 @@ pub struct AgentWork {
     /// Events it emitted, by type.
     pub emitted: LiteMap<Name, u64>,
     pub dead_lettered: u64,
+    /// LLM tokens and cost (millionths) of its model calls in the run.
+    #[serde(default)]
+    pub tokens: u64,
+    #[serde(default)]
+    pub cost_micros: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +247,7 @@ impl Serialize for RunView<'_> {
             last_event: OffsetDateTime,
             events: u64,
             tokens: u64,
+            cost: f64,
             types: &'a LiteMap<Name, TypeCount>,
             agents: &'a LiteMap<Name, AgentWork>,
             dead_letters: &'a [RunDeadLetter],
@@ -251,6 +262,7 @@ impl Serialize for RunView<'_> {
             last_event: run.last_event,
             events: run.events,
             tokens: run.tokens,
+            cost: run.cost(),
             types: &run.types,
             agents: &run.agents,
             dead_letters: &run.dead_letters,
@@ -260,7 +272,7 @@ impl Serialize for RunView<'_> {
 }
 
 impl Projection for RunBoard {
-    const NAME: &'static str = "run-board-v3";
+    const NAME: &'static str = "run-board-v4";
 
     fn apply(&mut self, event: &EventView<'_>, record: &LogRecord) {
         // Looked up before inserting: a key is allocated once per run, not once per event.
@@ -316,6 +328,7 @@ impl Run {
             last_event: time,
             events: 0,
             tokens: 0,
+            cost_micros: 0,
             types: LiteMap::new(),
             agents: LiteMap::new(),
             dead_letters: Vec::new(),
@@ -323,8 +336,43 @@ impl Run {
         }
     }
 
+    /// What the run's model calls cost, in the price's unit.
+    pub fn cost(&self) -> f64 {
+        self.cost_micros as f64 / 1e6
+    }
+
+    /// Adds a handling's spend to the run and its agent; `tokens` says whether its tokens are
+    /// new (a notice's) or already counted on the children it emitted.
+    fn spent(&mut self, names: &mut SharedNames, agent: &str, spend: &Spend, tokens: bool) {
+        let cost = spend.cost_micros();
+        let work = match self.agents.get_mut(agent) {
+            Some(work) => work,
+            None => self.agents.entry(names.hold(agent)).or_default(),
+        };
+        work.cost_micros += cost;
+        work.tokens += spend.tokens();
+        self.cost_micros += cost;
+        if tokens {
+            self.tokens += spend.tokens();
+        }
+    }
+
     fn apply(&mut self, names: &mut SharedNames, event: &EventView<'_>, record: &LogRecord) {
         self.last_event = record.time;
+        // A handling's record is an outcome, not an event of the run: only its spend counts.
+        if event.event_type == HANDLED {
+            if let Ok(notice) = serde_json::from_slice::<HandlingNotice>(event.data) {
+                self.spent(names, event.source, &notice.spend, true);
+            }
+            return;
+        }
+        if let Some(spend) = record
+            .header(handling_headers::SPEND)
+            .and_then(|json| serde_json::from_str::<Spend>(json).ok())
+            && !self.counted.contains_key(&stable_hash(&[event.id.as_bytes()]))
+        {
+            self.spent(names, event.source, &spend, false);
+        }
         let (type_index, type_name) = names.type_index(event.event_type);
         let counts = match self.types.get_mut(event.event_type) {
             Some(counts) => counts,
@@ -571,6 +619,67 @@ mod tests {
         };
         let emit = Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json");
         stamp_child(parent, &agent(agent_name), 99, emit)
+    }
+
+    #[test]
+    fn a_run_adds_up_what_its_handlings_cost_once_each() {
+        use crate::handling::{ChildHeaders, HANDLED, HandlingEnd, HandlingNotice, Spend};
+        use std::time::{Duration, SystemTime};
+
+        let mut board = Folded::<RunBoard>::default();
+        let root = root("run-9");
+        let spend = Spend {
+            calls: 1,
+            input_tokens: 30,
+            output_tokens: 10,
+            cost: 0.002,
+            model: "m".into(),
+        };
+        let handling = ChildHeaders::new(SystemTime::now(), Duration::from_secs(1), &spend);
+        let child = |index| {
+            let emit = emit("count.done").tokens_used(if index == 0 { 40 } else { 0 });
+            let event = stamp_child(&root, &agent("counter"), index, emit);
+            let mut record = record(2 + index as u64, &event);
+            let mut headers = async_nats::HeaderMap::new();
+            handling.write(index, &mut headers);
+            record.headers = Some(headers);
+            record
+        };
+        let failed = HandlingNotice {
+            agent: "judge".into(),
+            event_id: root.id.clone(),
+            event_type: root.r#type.clone(),
+            delivery: 1,
+            received: OffsetDateTime::now_utc(),
+            took_ms: 10.0,
+            end: HandlingEnd::Failed,
+            error: "500".into(),
+            spend: Spend {
+                calls: 2,
+                input_tokens: 5,
+                output_tokens: 0,
+                cost: 0.0005,
+                model: "m".into(),
+            },
+        };
+        let notice = stamp_child(
+            &root,
+            &agent("judge"),
+            0,
+            Emit::json(EventType::new(HANDLED).expect("type"), &failed).expect("json"),
+        );
+        board.apply(&record(1, &root));
+        board.apply(&child(0));
+        board.apply(&child(1));
+        board.apply(&record(4, &notice));
+
+        let run = board.state.run("run-9").expect("run");
+        assert_eq!(run.events, 3, "the handling notice is not an event of the run");
+        assert!(run.types.get(HANDLED).is_none());
+        assert_eq!(run.cost_micros, 2500, "the spend of two children counted once");
+        assert_eq!(run.tokens, 45, "the children's 40, and the failed handling's 5");
+        assert_eq!(run.agents.get("counter").map(|a| a.cost_micros), Some(2000));
+        assert_eq!(run.agents.get("judge").map(|a| a.tokens), Some(5));
     }
 
     #[test]

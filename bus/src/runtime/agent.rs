@@ -110,6 +110,10 @@ pub struct Incoming {
     pub stream_sequence: u64,
     /// The run's shared budget, when the agent has one: ask it what is left before spending.
     pub budget: Option<crate::guard::RunBudget>,
+    /// This handling's meter: record every model call on it (tokens, cost), and the runtime
+    /// writes what it spent into the log with the handling, charges its cost to the run's
+    /// budget and counts it in the metrics.
+    pub spend: crate::handling::SpendMeter,
 }
 
 impl Incoming {

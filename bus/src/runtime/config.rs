@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]). Default:
     /// nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A handling that emits nothing is recorded in the log (see [`crate::handling`]) when it
+    /// failed, spent money, or took at least this long. Default 100 ms: a model call is always
+    /// recorded, an event ignored in microseconds is not (it would double the stream's writes).
+    pub record_handlings_over: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -54,6 +58,7 @@ impl Default for RuntimeConfig {
             shutdown_grace: Duration::from_secs(30),
             guards: GuardsConfig::default(),
             metrics_listen: None,
+            record_handlings_over: Duration::from_millis(100),
         }
     }
 }

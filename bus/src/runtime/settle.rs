@@ -12,7 +12,8 @@ use crate::dead_letter::Original;
 use super::Handler;
 use super::fate::{Fate, MIN_DEFER, Outcome, decide};
 use super::lease::Lease;
-use super::worker::{Facts, Held, Worker};
+use super::worker::{Facts, Held, Ran, Worker};
+use crate::handling::ChildHeaders;
 
 impl<H: Handler> Worker<H> {
     pub(super) async fn settle(
@@ -22,6 +23,7 @@ impl<H: Handler> Worker<H> {
         original: Original<'_>,
         facts: &Facts,
         outcome: Outcome,
+        ran: Option<&Ran>,
     ) {
         let mut outcome = outcome;
         // What the server is told, and what became of the delivery (for the metrics).
@@ -32,10 +34,14 @@ impl<H: Handler> Worker<H> {
             );
             match decide(&self.agent, &self.config, facts.attempts, outcome) {
                 Fate::Publish(emits) => {
-                    outcome = match original.event {
-                        Some(parent) => self.publish_children(parent, emits).await,
-                        // Children are only decided for a decoded input; say so if not.
-                        None => Outcome::Undecodable("children without a decoded input".into()),
+                    outcome = match (original.event, ran) {
+                        (Some(parent), Some(ran)) => {
+                            let handling = ChildHeaders::new(ran.received, ran.took, &ran.spend);
+                            self.publish_children(parent, emits, &handling).await
+                        }
+                        // Children are only decided for a decoded input the handler ran on;
+                        // say so if not.
+                        _ => Outcome::Undecodable("children without a handled input".into()),
                     };
                 }
                 Fate::Ack => {

@@ -7,7 +7,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream;
 use choreo_proto::v1::Event;
@@ -19,6 +19,8 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original, REDRIVE_FOR};
 use crate::envelope::{self, Emit, stamp_child};
 use crate::guard::{BreakerState, BudgetError, CircuitBreaker, Guards, Stop};
+use crate::handling::{ChildHeaders, HANDLED, HandlingEnd, HandlingNotice, Spend, SpendMeter};
+use crate::names::EventType;
 use crate::metrics::AgentMetrics;
 use crate::publish::{PublishError, Publisher};
 
@@ -64,6 +66,14 @@ pub(super) struct Facts {
     pub attempts: u64,
 }
 
+/// A handler that ran: when its delivery arrived, how long the handler took, what it spent.
+#[derive(Debug, Clone)]
+pub(super) struct Ran {
+    pub received: SystemTime,
+    pub took: Duration,
+    pub spend: Spend,
+}
+
 /// Everything a worker needs to handle one event. Shared by every worker task of a process.
 pub(crate) struct Worker<H> {
     pub agent: Agent,
@@ -84,6 +94,7 @@ pub(crate) struct Worker<H> {
 
 impl<H: Handler> Worker<H> {
     pub async fn work(&self, held: Held) {
+        let received = SystemTime::now();
         let Held { message, lease } = held;
         let facts = match message.info() {
             Ok(info) => {
@@ -116,7 +127,7 @@ impl<H: Handler> Worker<H> {
         if self.stopping.load(Ordering::SeqCst) {
             // Fetched before shutdown but not started: give it back rather than start new work.
             return self
-                .settle(&message, lease, original, &facts, Outcome::Unstarted)
+                .settle(&message, lease, original, &facts, Outcome::Unstarted, None)
                 .await;
         }
         if let Some(target) = message
@@ -133,6 +144,7 @@ impl<H: Handler> Worker<H> {
                     original,
                     &facts,
                     Outcome::RedriveForAnother,
+                    None,
                 )
                 .await;
         }
@@ -150,7 +162,7 @@ impl<H: Handler> Worker<H> {
             Err(err) => {
                 let outcome = Outcome::Undecodable(err.to_string());
                 return self
-                    .settle(&message, lease, original, &facts, outcome)
+                    .settle(&message, lease, original, &facts, outcome, None)
                     .await;
             }
         };
@@ -165,20 +177,53 @@ impl<H: Handler> Worker<H> {
             delivery = facts.delivered,
         );
         async {
-            let outcome = self.handle(&event, &facts).await;
+            let (outcome, ran) = self.handle(&event, &facts, received).await;
+            if let Some(ran) = &ran {
+                self.record_quiet_handling(&event, &facts, ran, &outcome)
+                    .await;
+            }
             let original = Original {
                 event: Some(&event),
                 ..original
             };
-            self.settle(&message, lease, original, &facts, outcome)
+            self.settle(&message, lease, original, &facts, outcome, ran.as_ref())
                 .await;
         }
         .instrument(span)
         .await;
     }
 
-    /// Everything from the checks before the handler to its answer.
-    async fn handle(&self, event: &Event, facts: &Facts) -> Outcome {
+    /// Everything from the checks before the handler to its answer, with the handler's run
+    /// when it ran.
+    async fn handle(
+        &self,
+        event: &Event,
+        facts: &Facts,
+        received: SystemTime,
+    ) -> (Outcome, Option<Ran>) {
+        let permit = match self.before_handler(event, facts).await {
+            Ok(permit) => permit,
+            Err(outcome) => return (outcome, None),
+        };
+        let spend = SpendMeter::counted_in(self.metrics.clone());
+        let (outcome, took) = self.run_handler(event, facts, permit, &spend).await;
+        let ran = Ran {
+            received,
+            took,
+            spend: spend.spent(),
+        };
+        let outcome = self.charge_cost(event, &ran.spend, outcome).await;
+        (outcome, Some(ran))
+    }
+
+    /// The checks before the handler: an earlier handling already stored, a crash loop, the
+    /// cycle guard, the handle rate and the breaker. Gives the breaker's permit, or the outcome
+    /// that ends the delivery here.
+    async fn before_handler(
+        &self,
+        event: &Event,
+        facts: &Facts,
+    ) -> Result<Option<crate::guard::Permit>, Outcome> {
         if facts.delivered > 1 {
             match handled::children_stored(
                 &self.jetstream,
@@ -191,26 +236,26 @@ impl<H: Handler> Worker<H> {
             {
                 Ok(true) => {
                     debug!("redelivered, but every child of its handling is stored");
-                    return Outcome::AlreadyHandled;
+                    return Err(Outcome::AlreadyHandled);
                 }
                 Ok(false) => {}
                 // Not knowing, running the handler could pay twice: wait for the log instead.
                 Err(err) => {
                     warn!(error = %err, "cannot check the log for an earlier handling; waiting");
-                    return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
+                    return Err(Outcome::Unavailable(NATS_UNAVAILABLE_WAIT));
                 }
             }
         }
         // Delivered more often than allowed and never completed: the agent keeps dying on it.
         if facts.attempts > self.config.max_deliveries {
-            return Outcome::CrashLoop {
+            return Err(Outcome::CrashLoop {
                 attempts: facts.attempts,
-            };
+            });
         }
         if let Some(cycle) = &self.guards.cycle
             && let Err(stop) = cycle.check(self.agent.name(), event)
         {
-            return Outcome::Stopped(stop);
+            return Err(Outcome::Stopped(stop));
         }
         if let Some(limiter) = &self.guards.handle_rate {
             let asked = tokio::time::Instant::now();
@@ -218,17 +263,28 @@ impl<H: Handler> Worker<H> {
             self.metrics
                 .waited_on("handle", asked.elapsed().as_secs_f64());
         }
-        let permit = match self
+        match self
             .guards
             .breaker
             .as_ref()
             .map(CircuitBreaker::try_acquire)
         {
             // Refused without calling: not a failure, so it costs no attempt.
-            Some(Err(open)) => return Outcome::Unavailable(open.retry_in),
-            Some(Ok(permit)) => Some(permit),
-            None => None,
-        };
+            Some(Err(open)) => Err(Outcome::Unavailable(open.retry_in)),
+            Some(Ok(permit)) => Ok(Some(permit)),
+            None => Ok(None),
+        }
+    }
+
+    /// The handler, under its timeout and the shutdown's cancellation, panics caught; its
+    /// answer recorded with the breaker. Gives the outcome and how long the handler ran.
+    async fn run_handler(
+        &self,
+        event: &Event,
+        facts: &Facts,
+        permit: Option<crate::guard::Permit>,
+        spend: &SpendMeter,
+    ) -> (Outcome, Duration) {
         let incoming = Incoming {
             event: event.clone(),
             delivery: facts.delivered,
@@ -238,11 +294,14 @@ impl<H: Handler> Worker<H> {
                 .budget
                 .as_ref()
                 .map(|budget| budget.for_run(&event.correlation_id)),
+            spend: spend.clone(),
         };
         let handling = AssertUnwindSafe(self.handler.handle(&incoming)).catch_unwind();
         let started = tokio::time::Instant::now();
         let timed = |metrics: &AgentMetrics| {
-            metrics.handled_in(&event.r#type, started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            metrics.handled_in(&event.r#type, took.as_secs_f64());
+            took
         };
         let result = tokio::select! {
             // Dropping the handler's future aborts what it has in flight (an HTTP call).
@@ -250,22 +309,22 @@ impl<H: Handler> Worker<H> {
                 if let Some(permit) = permit {
                     permit.ignore();
                 }
-                return Outcome::Unstarted;
+                return (Outcome::Unstarted, started.elapsed());
             }
             answered = tokio::time::timeout(self.config.handler_timeout, handling) => match answered {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(HandlerError::Retryable(panic_message(&panic))),
                 Err(_elapsed) => {
-                    timed(&self.metrics);
+                    let took = timed(&self.metrics);
                     warn!(timeout = ?self.config.handler_timeout, "handler timed out; cancelled");
                     if let Some(permit) = permit {
                         permit.failure();
                     }
-                    return Outcome::TimedOut(self.config.handler_timeout);
+                    return (Outcome::TimedOut(self.config.handler_timeout), took);
                 }
             },
         };
-        timed(&self.metrics);
+        let took = timed(&self.metrics);
         let probed = permit.as_ref().is_some_and(|permit| permit.is_probe());
         if let Some(permit) = permit {
             match &result {
@@ -286,15 +345,114 @@ impl<H: Handler> Worker<H> {
             }
             _ => None,
         };
-        Outcome::Handled {
+        let outcome = Outcome::Handled {
             result,
             breaker_wait,
+        };
+        (outcome, took)
+    }
+
+    /// Charges what the handling's model calls cost to the run's cost budget, whatever the
+    /// handler answered: the money is spent. Children of a handling that passed the budget
+    /// are not published (dead letter `budget_exhausted`); a counter that cannot be reached
+    /// is logged, not waited on, so the handler's answer is not lost over it.
+    async fn charge_cost(&self, event: &Event, spend: &Spend, outcome: Outcome) -> Outcome {
+        let micros = spend.cost_micros();
+        let Some(budget) = self.guards.budget.as_ref().filter(|_| micros > 0) else {
+            return outcome;
+        };
+        match budget.charge_cost(&event.correlation_id, micros).await {
+            Ok(()) => outcome,
+            Err(err @ BudgetError::Exhausted { .. }) => {
+                self.metrics.budget_refused("runtime");
+                match outcome {
+                    Outcome::Handled { result: Ok(_), .. } => Outcome::Stopped(Stop {
+                        reason: DeadLetterReason::BudgetExhausted,
+                        detail: err.to_string(),
+                    }),
+                    other => other,
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, cost = spend.cost, "could not charge the handling's cost");
+                outcome
+            }
+        }
+    }
+
+    /// Leaves a [`HANDLED`] notice for a handling that published nothing, when it is worth a
+    /// message (see [`crate::handling`]). Best effort: the notice is a record, and failing to
+    /// store it must not hold up the event.
+    async fn record_quiet_handling(
+        &self,
+        event: &Event,
+        facts: &Facts,
+        ran: &Ran,
+        outcome: &Outcome,
+    ) {
+        let (end, error) = match outcome {
+            Outcome::Handled { result: Ok(emits), .. } if emits.is_empty() => {
+                (HandlingEnd::EmittedNothing, String::new())
+            }
+            Outcome::Handled { result: Err(err), .. } => (HandlingEnd::Failed, err.to_string()),
+            Outcome::TimedOut(limit) => (
+                HandlingEnd::TimedOut,
+                format!("cancelled after {}", humantime::format_duration(*limit)),
+            ),
+            _ => return,
+        };
+        if end == HandlingEnd::EmittedNothing
+            && ran.spend.is_empty()
+            && ran.took < self.config.record_handlings_over
+        {
+            return;
+        }
+        let notice = HandlingNotice {
+            agent: self.agent.name().to_string(),
+            event_id: event.id.clone(),
+            event_type: event.r#type.clone(),
+            delivery: facts.delivered,
+            received: ran.received.into(),
+            took_ms: ran.took.as_secs_f64() * 1000.0,
+            end,
+            error,
+            spend: ran.spend.clone(),
+        };
+        let stored = async {
+            let emit = Emit::json(EventType::new(HANDLED)?, &notice)
+                .map_err(|err| crate::PublishError::Refused {
+                    detail: format!("cannot encode the handling notice: {err}"),
+                })?;
+            let delivery = facts.delivered.to_be_bytes();
+            let sequence = facts.stream_sequence.to_be_bytes();
+            let parts: [&[u8]; 5] = [
+                facts.stream.as_bytes(),
+                &sequence,
+                &delivery,
+                self.agent.name().as_str().as_bytes(),
+                HANDLED.as_bytes(),
+            ];
+            let id = envelope::derived_event_id(envelope::timestamp_millis_of(event), &parts);
+            let notice_event = envelope::stamp_with_id(event, self.agent.name(), id, emit);
+            self.publisher
+                .send_event(&notice_event)
+                .await?
+                .confirmed()
+                .await
+        };
+        if let Err(err) = stored.await {
+            warn!(error = %err, "could not record the handling in the log");
         }
     }
 
     /// Runs the publishing guards, then stamps and publishes children, waiting until the
     /// stream has stored every one.
-    pub(super) async fn publish_children(&self, parent: &Event, emits: Vec<Emit>) -> Outcome {
+    pub(super) async fn publish_children(
+        &self,
+        parent: &Event,
+        emits: Vec<Emit>,
+        handling: &ChildHeaders,
+    ) -> Outcome {
         if emits.is_empty() {
             return Outcome::Published;
         }
@@ -346,7 +504,7 @@ impl<H: Handler> Worker<H> {
             .map(|(index, emit)| stamp_child(parent, self.agent.name(), index, emit))
             .collect();
         loop {
-            match self.send_children(&children, emitted).await {
+            match self.send_children(&children, emitted, handling).await {
                 Ok(()) => {
                     debug!(children = emitted, "handled");
                     return Outcome::Published;
@@ -378,10 +536,19 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    async fn send_children(&self, children: &[Event], emitted: usize) -> Result<(), PublishError> {
+    async fn send_children(
+        &self,
+        children: &[Event],
+        emitted: usize,
+        handling: &ChildHeaders,
+    ) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(children.len());
-        for child in children {
-            pending.push(self.publisher.send_child(child, emitted).await?);
+        for (index, child) in children.iter().enumerate() {
+            pending.push(
+                self.publisher
+                    .send_child(child, index, emitted, handling)
+                    .await?,
+            );
         }
         for confirmed in join_all(pending.into_iter().map(|p| p.confirmed())).await {
             confirmed?;

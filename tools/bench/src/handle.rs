@@ -100,6 +100,7 @@ fn guarded() -> anyhow::Result<RuntimeConfig> {
             budget: BudgetLimits {
                 max_events: Some(100_000_000),
                 max_tokens: Some(100_000_000),
+                max_cost_micros: None,
             },
             ..GuardsConfig::default()
         },

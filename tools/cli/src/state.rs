@@ -119,12 +119,13 @@ fn print_run(view: &RunView<'_>, detail: bool) {
         other => other.name().to_string(),
     };
     println!(
-        "{}  {:<10} started {}  {} events  {} tokens  root {} from {}",
+        "{}  {:<10} started {}  {} events  {} tokens  cost {:.6}  root {} from {}",
         run.correlation_id,
         status,
         format_time(run.started),
         run.events,
         run.tokens,
+        run.cost(),
         run.root_type,
         run.root_source
     );
@@ -152,8 +153,17 @@ fn print_run(view: &RunView<'_>, detail: bool) {
             .iter()
             .map(|(t, n)| format!("{t} ×{n}"))
             .collect();
+        let spent = if work.tokens > 0 || work.cost_micros > 0 {
+            format!(
+                " model tokens {} cost {:.6}",
+                work.tokens,
+                work.cost_micros as f64 / 1e6
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  agent {agent}: handled [{}] emitted [{}]{}",
+            "  agent {agent}: handled [{}] emitted [{}]{}{spent}",
             handled.join(", "),
             emitted.join(", "),
             if work.dead_lettered > 0 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BudgetLimits, Rate, RateLimit};
 use choreo_bus::names::{DEFAULT_NAMESPACE, Namespace};
-use choreo_bus::settings::{HumanDuration, Limit};
+use choreo_bus::settings::{CostLimit, HumanDuration, Limit};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::tokens::Tokens;
@@ -71,6 +71,10 @@ pub struct GatewaySettings {
         default_value = "500000"
     )]
     pub max_tokens: Limit,
+    /// What one run's model calls may cost, in the agents' price unit; a run past it is
+    /// refused at the door.
+    #[arg(long, env = "CHOREO_MAX_COST", value_name = "AMOUNT|off", default_value = "off")]
+    pub max_cost: CostLimit,
 }
 
 impl GatewaySettings {
@@ -125,6 +129,7 @@ impl GatewaySettings {
         BudgetLimits {
             max_events: self.max_events.0,
             max_tokens: self.max_tokens.0,
+            max_cost_micros: self.max_cost.0,
         }
     }
 

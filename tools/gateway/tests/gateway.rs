@@ -395,6 +395,7 @@ async fn an_event_for_a_run_over_its_budget_is_refused_at_the_door() {
         BudgetLimits {
             max_events: Some(3),
             max_tokens: None,
+            max_cost_micros: None,
         },
     );
     budget.charge("run-spent", 3, 0).await.expect("charged");
