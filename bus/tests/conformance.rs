@@ -1037,3 +1037,88 @@ async fn a_server_killed_and_restarted_midstream_loses_nothing_and_stores_nothin
     );
     Ok(())
 }
+
+/// The handler of `every_handling_is_in_the_log_with_when_how_long_and_what_it_spent`: what
+/// it does is what the input's payload says.
+async fn recorded_handling(event: Incoming) -> Result<Vec<Emit>, HandlerError> {
+    let said: String = event.json()?;
+    let call = || event.spend.model_call("m-1", "ok", 30, 10, Some(0.004));
+    match said.as_str() {
+        "emit" => {
+            call();
+            Ok(vec![
+                Emit::json(event_type("out.put"), &json!(1)).expect("json"),
+                Emit::json(event_type("out.put"), &json!(2)).expect("json"),
+            ])
+        }
+        "spend quietly" => {
+            call();
+            Ok(Vec::new())
+        }
+        "fail" => Err(HandlerError::permanent("refused on purpose")),
+        _ => Ok(Vec::new()),
+    }
+}
+
+#[tokio::test]
+async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> anyhow::Result<()>
+{
+    use choreo_bus::handling::HANDLED;
+    use choreo_bus::trace::RunTrace;
+
+    let bus = Bus::start().await?;
+    let agent = bus
+        .run(relay("recorder"), handler_fn(recorded_handling), quick_config())
+        .await?;
+    for (payload, run) in [
+        ("emit", "run-emit"),
+        ("spend quietly", "run-quiet"),
+        ("fail", "run-fail"),
+        ("ignore", "run-ignore"),
+    ] {
+        bus.publish("in.put", json!(payload), Some(run)).await?;
+    }
+    wait_until_drained(&bus, "recorder").await?;
+    agent.stop().await?;
+    let namespace = choreo_bus::Namespace::default();
+    let trace = |run: &'static str| {
+        let (jetstream, namespace) = (bus.jetstream.clone(), namespace.clone());
+        async move { RunTrace::read(&jetstream, &namespace, run, &[]).await }
+    };
+
+    let emitted = trace("run-emit").await?;
+    let root = &emitted.nodes[emitted.roots[0]];
+    assert_eq!(root.handlings.len(), 1, "two children, one handling");
+    let handling = &root.handlings[0];
+    assert_eq!((handling.agent.as_str(), handling.end.as_str()), ("recorder", "emitted"));
+    assert!(handling.received >= root.stored, "received after it was stored");
+    assert!(handling.done >= handling.received + handling.took);
+    assert_eq!(
+        handling.done,
+        emitted.nodes.iter().map(|n| n.stored).max().expect("nodes"),
+        "done when the last child was stored"
+    );
+    assert_eq!((handling.spend.calls, handling.spend.tokens()), (1, 40));
+    assert_eq!(emitted.spend().cost_micros(), 4000);
+
+    let quiet = trace("run-quiet").await?;
+    assert_eq!(quiet.len(), 1, "the notice is not an event of the run");
+    let handling = &quiet.nodes[0].handlings[0];
+    assert_eq!(handling.end, "emitted_nothing");
+    assert_eq!(handling.spend.model, "m-1");
+    assert_eq!(handling.delivery, 1);
+
+    let failed = trace("run-fail").await?;
+    let handling = &failed.nodes[0].handlings[0];
+    assert_eq!(handling.end, "failed");
+    assert!(handling.error.contains("refused on purpose"), "{}", handling.error);
+    assert_eq!(failed.dead_letter_count(), 1);
+
+    let ignored = bus.events("events.run-ignore.>").await?;
+    assert_eq!(
+        ignored.iter().filter(|e| e.r#type == HANDLED).count(),
+        0,
+        "a fast handling that emits and spends nothing leaves no notice"
+    );
+    Ok(())
+}
