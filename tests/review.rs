@@ -677,6 +677,17 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
             Some(tokens),
             "choreo state's run board for run {run}"
         );
+        // What the call cost at 3 and 15 per million (100 in, 50 out), in millionths: the
+        // same on the run board and in the run's trace, from the handling's record.
+        let cost_micros = board.state.run(run).map(|run| run.cost_micros);
+        assert_eq!(cost_micros, Some(1050), "the run board's cost of run {run}");
+        let trace = choreo_bus::trace::RunTrace::read(&bus.jetstream, &Default::default(), run, &[])
+            .await?;
+        let handlings: Vec<_> = trace.nodes.iter().flat_map(|n| &n.handlings).collect();
+        assert_eq!(handlings.len(), 1, "one handling of run {run}");
+        assert_eq!(handlings[0].agent, "security");
+        assert!(handlings[0].took >= std::time::Duration::from_secs(1), "the slow call");
+        assert_eq!(trace.spend().cost_micros(), 1050, "the trace's cost of run {run}");
         on_events += tokens;
     }
     let (calls, billed_tokens) = {
@@ -712,6 +723,10 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
     assert!(
         (cost - (300.0 * 3.0 + 150.0 * 15.0) / 1e6).abs() < 1e-12,
         "cost {cost}"
+    );
+    assert!(
+        (cost - REVIEWS as f64 * 1050.0 / 1e6).abs() < 1e-9,
+        "the metrics' cost is the run board's: {cost}"
     );
     assert!(bus.dead_letters().await?.is_empty());
     server.abort();
