@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod guard;
 pub mod handling;
 pub mod log;
+pub mod manifest;
 pub mod metrics;
 pub mod names;
 pub mod projection;

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::connect::{InitialConnect, NatsConfig};
+use crate::manifest::{MANIFEST_SUBCOMMAND, Manifest};
 use crate::names::{AgentName, Namespace, ValidationError};
 use crate::runtime::{Agent, Handler, Runtime, RuntimeConfig, RuntimeError};
 use crate::settings::AgentSettings;
@@ -104,6 +105,9 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(exit) = print_manifest(&agent, about) {
+        return exit;
+    }
     if let Err(err) = crate::telemetry::init() {
         eprintln!("{}: {err}", agent.name());
         return ExitCode::from(EXIT_CONFIG);
@@ -162,6 +166,60 @@ where
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// `choreo-<agent> manifest [SETTINGS]`: prints the agent's [`Manifest`] as JSON and exits 0,
+/// without connecting to NATS or needing any variable set. The runtime's flags, environment
+/// and settings file are read as for a run, so the manifest has the namespace and the guards
+/// the agent would run with; the agent's own settings are not (none of them changes a
+/// subject). 64 for a bad setting, 74 when the manifest cannot be written. `None` when the
+/// command line is not `manifest`.
+fn print_manifest(agent: &Agent, about: &str) -> Option<ExitCode> {
+    use std::io::Write as _;
+    let mut args = std::env::args_os();
+    let program = args.next()?;
+    if args.next()? != MANIFEST_SUBCOMMAND {
+        return None;
+    }
+    let command = AgentSettings::command()
+        .name(MANIFEST_SUBCOMMAND)
+        .bin_name(format!("choreo-{} {MANIFEST_SUBCOMMAND}", agent.name()))
+        .about(format!(
+            "Prints the manifest of agent {}: its types, consumer, subjects and guards, as \
+             JSON (`choreo graph` reads it). Connects to nothing.",
+            agent.name()
+        ))
+        .after_help("");
+    let config = match command.try_get_matches_from(std::iter::once(program).chain(args)) {
+        Ok(matches) => AgentSettings::from_arg_matches(&matches)
+            .map_err(|err| err.to_string())
+            .and_then(|settings| settings.with_file().map_err(|err| err.to_string()))
+            .and_then(|settings| settings.runtime_config().map_err(|err| err.to_string())),
+        Err(err) => {
+            // `--help` to stdout, 0; a bad flag to stderr, 64.
+            let code = if err.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = err.print();
+            return Some(ExitCode::from(code));
+        }
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}: {err}", agent.name());
+            return Some(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let manifest = Manifest::new(agent, about, &config);
+    let written = serde_json::to_string_pretty(&manifest)
+        .map_err(std::io::Error::other)
+        .and_then(|json| writeln!(std::io::stdout().lock(), "{json}"));
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}: cannot write the manifest: {err}", agent.name());
+            ExitCode::from(74)
+        }
+    })
 }
 
 /// The settings of an agent that has none of its own.

@@ -11,6 +11,7 @@ mod agents;
 mod connection;
 mod diff;
 mod dlq;
+mod graph;
 mod ping;
 mod publish;
 mod render;
@@ -70,6 +71,8 @@ enum Command {
     Ping(ping::PingArgs),
     /// The live agents and their copies, with what each has done and its consumer's lag.
     Agents(agents::AgentsArgs),
+    /// The choreography drawn from the agents' manifests, with its loops and loose ends.
+    Graph(graph::GraphArgs),
 }
 
 /// A failure with the exit code that describes it.
@@ -211,6 +214,7 @@ async fn main() -> ExitCode {
         Command::Streams(args) => streams::run(args).await,
         Command::Ping(args) => ping::run(args).await,
         Command::Agents(args) => agents::run(args).await,
+        Command::Graph(args) => graph::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
