@@ -16,6 +16,7 @@ use choreo_review::events::*;
 use choreo_review::report::Report;
 use choreo_review::samples::refunds_request;
 use choreo_testkit::team::Team;
+use choreo_testkit::http::{chat_answer, serve};
 use choreo_testkit::{Bus, wait_until};
 
 fn json<T: serde::de::DeserializeOwned>(event: &Event) -> anyhow::Result<T> {
@@ -305,19 +306,6 @@ struct Received {
 
 type Shared = Arc<Mutex<Received>>;
 
-/// Serves `router` on `address` (port 0 for any) until the returned handle is aborted.
-async fn serve(
-    address: SocketAddr,
-    router: axum::Router,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Ok((bound, task))
-}
-
 /// Serves a chat-completions endpoint with `handler` on a free loopback port; returns its base
 /// URL (what `CHOREO_LLM_URL` takes) and the server's task.
 async fn chat_endpoint<S: Clone + Send + Sync + 'static>(
@@ -453,15 +441,6 @@ async fn chat(
 }
 
 /// A chat completion of `content` that used (and bills) 150 tokens.
-fn chat_answer(id: &str, model: &str, content: &str) -> axum::response::Response {
-    Json(serde_json::json!({
-        "id": id,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-    }))
-    .into_response()
-}
 
 #[tokio::test]
 async fn the_llm_brain_survives_a_429_and_a_500_and_its_tokens_are_counted_and_budgeted()

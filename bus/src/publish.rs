@@ -31,6 +31,8 @@ pub mod headers {
     /// On an agent's child: how many events the handling that emitted it emitted, so a
     /// redelivery of its input can tell whether they are all stored.
     pub const EMITTED: &str = "Choreo-Emitted";
+    /// The envelope's W3C `traceparent`, as a header too (the name W3C trace context uses).
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// The stream's answer to a publish.
@@ -382,6 +384,8 @@ impl Publisher {
             .event_subject(&event.correlation_id, &event.r#type);
         let payload = event.encode_to_vec();
         let size = payload.len();
+        // Ended when this send is: the span covers handing the event to NATS.
+        let _span = crate::telemetry::producer_span(event, &subject, size);
         let message = jetstream::message::PublishMessage::build()
             .headers(headers)
             .payload(payload.into());
@@ -428,6 +432,14 @@ pub(crate) fn event_headers(event: &Event) -> HeaderMap {
         const { HeaderName::from_static(headers::DEPTH) },
         itoa::Buffer::new().format(event.depth),
     );
+    // Also outside the envelope, so NATS's own message tracing, and anything that reads
+    // headers only, can follow the trace.
+    if !event.traceparent.is_empty() {
+        map.insert(
+            const { HeaderName::from_static(headers::TRACEPARENT) },
+            event.traceparent.as_str(),
+        );
+    }
     map
 }
 

@@ -108,10 +108,14 @@ where
     if let Some(exit) = print_manifest(&agent, about) {
         return exit;
     }
-    if let Err(err) = crate::telemetry::init() {
-        eprintln!("{}: {err}", agent.name());
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // Held to the end: dropping it exports the spans still waiting.
+    let _telemetry = match crate::telemetry::init(&format!("choreo-{}", agent.name())) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{}: {err}", agent.name());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let (config, own_settings) = match settings_from_args::<S>(&agent, about) {
         Ok(settings) => settings,
         Err(exit) => return exit,

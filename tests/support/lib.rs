@@ -6,6 +6,7 @@
 //! directory share it.
 
 pub mod compose;
+pub mod http;
 pub mod metrics;
 pub mod team;
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BreakerConfig, CircuitBreaker, Permit};
 use choreo_bus::handling::SpendMeter;
+use tracing::Instrument as _;
 use choreo_bus::settings::HumanDuration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -298,7 +299,25 @@ impl LlmBrain {
         for attempt in 1..=self.attempts {
             let permit = self.breaker.try_acquire()?;
             tokens.calls += 1;
-            let wait = match self.call(&request, permit, &mut tokens, task.spend).await {
+            let span = tracing::info_span!(
+                "chat",
+                otel.name = %format!("chat {}", self.model),
+                otel.kind = "client",
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = "openai",
+                gen_ai.request.model = %self.model,
+                gen_ai.request.max_tokens = self.max_tokens,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                server.address = %self.endpoint,
+                attempt,
+            );
+            let called = self
+                .call(&request, permit, &mut tokens, task.spend)
+                .instrument(span)
+                .await;
+            let wait = match called {
                 Ok(answer) => return Ok(answer.into_review(tokens)),
                 Err(Attempt::Refused { status, body }) => {
                     return Err(LlmError::Rejected { status, body });
@@ -398,6 +417,15 @@ impl LlmBrain {
             }
         };
         tokens.add(&parsed.usage);
+        // The GenAI attributes of this call's span (`chat`, opened by `review`).
+        let span = tracing::Span::current();
+        if let Some(usage) = &parsed.usage {
+            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+            span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        }
+        if let Some(model) = &parsed.model {
+            span.record("gen_ai.response.model", model.as_str());
+        }
         let content = parsed
             .choices
             .into_iter()

@@ -175,6 +175,14 @@ impl<H: Handler> Worker<H> {
             causation_id = %event.causation_id,
             depth = event.depth,
             delivery = facts.delivered,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        crate::telemetry::consumer_span(
+            &span,
+            self.agent.name().as_str(),
+            &event,
+            message.subject.as_str(),
         );
         async {
             let (outcome, ran) = self.handle(&event, &facts, received).await;

@@ -204,6 +204,14 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Review(args) => review::run(args).await,
+    // Held to the end: dropping it exports the spans still waiting.
+    let _telemetry = match choreo_bus::telemetry::init_traces("choreo") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("choreo: {err}");
+            return ExitCode::from(64);
+        }
+    };
         Command::Publish(args) => publish::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Trace(args) => trace::run(args).await,

@@ -24,10 +24,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { EXIT_CONFIG } else { 0 });
         }
     };
-    if let Err(err) = choreo_bus::telemetry::init() {
-        eprintln!("choreo-gateway: {err}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // Held to the end: dropping it exports the spans still waiting.
+    let _telemetry = match choreo_bus::telemetry::init("choreo-gateway") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("choreo-gateway: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let config_error = |err: &dyn std::fmt::Display| {
         eprintln!("choreo-gateway: {err}");
         ExitCode::from(EXIT_CONFIG)
