@@ -36,25 +36,53 @@ pub struct AgentsArgs {
 
 /// One agent: its live copies and its consumer.
 #[derive(Debug, Serialize)]
-struct AgentView {
-    agent: String,
-    copies: Vec<Copy>,
+pub struct AgentView {
+    pub agent: String,
+    pub copies: Vec<Copy>,
     /// Events its consumer has not delivered yet (lag); `None` when it has no consumer.
-    pending: Option<u64>,
+    pub pending: Option<u64>,
     /// Events delivered and not acknowledged yet.
-    ack_pending: Option<usize>,
-    problems: Vec<String>,
+    pub ack_pending: Option<usize>,
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
-struct Copy {
-    id: String,
-    version: String,
-    subscribes: String,
+pub struct Copy {
+    pub id: String,
+    pub version: String,
+    pub subscribes: String,
     /// What the copy's handler says of itself (a specialist: `brain`, `model`).
-    described: BTreeMap<String, String>,
+    pub described: BTreeMap<String, String>,
     #[serde(flatten)]
-    summary: Option<Summary>,
+    pub summary: Option<Summary>,
+}
+
+/// What an agent's copies have done, added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub handled: u64,
+    pub failed: u64,
+    pub in_flight: i64,
+    /// The mean handling time over every copy's handlings; `None` before the first.
+    pub mean_ms: Option<f64>,
+}
+
+impl AgentView {
+    pub fn totals(&self) -> Totals {
+        let summaries = || self.copies.iter().filter_map(|copy| copy.summary.as_ref());
+        let (weighted, count) = summaries().fold((0.0, 0u64), |(sum, n), s| {
+            (
+                sum + s.average_handling_ms * s.handlings as f64,
+                n + s.handlings,
+            )
+        });
+        Totals {
+            handled: summaries().map(|s| s.handled).sum(),
+            failed: summaries().map(|s| s.failed).sum(),
+            in_flight: summaries().map(|s| s.in_flight).sum(),
+            mean_ms: (count > 0).then(|| weighted / count as f64),
+        }
+    }
 }
 
 pub async fn run(args: AgentsArgs) -> Result<(), Failure> {
@@ -105,7 +133,7 @@ pub async fn run(args: AgentsArgs) -> Result<(), Failure> {
 }
 
 /// What the copies and the consumers say now.
-async fn look(
+pub async fn look(
     client: &async_nats::Client,
     jetstream: &async_nats::jetstream::Context,
     namespace: &choreo_bus::Namespace,
@@ -237,35 +265,10 @@ fn print_table(agents: &[AgentView]) {
         "agent", "copies", "handled", "failed", "mean ms", "in flight", "pending"
     );
     for agent in agents {
-        let total = |field: fn(&Summary) -> u64| -> u64 {
-            agent
-                .copies
-                .iter()
-                .filter_map(|copy| copy.summary.as_ref().map(field))
-                .sum()
-        };
-        let handled = total(|s| s.handled);
-        let failed = total(|s| s.failed);
-        let in_flight: i64 = agent
-            .copies
-            .iter()
-            .filter_map(|copy| copy.summary.as_ref().map(|s| s.in_flight))
-            .sum();
-        let (weighted, count) = agent
-            .copies
-            .iter()
-            .filter_map(|copy| copy.summary.as_ref())
-            .fold((0.0, 0u64), |(sum, n), s| {
-                (
-                    sum + s.average_handling_ms * s.handlings as f64,
-                    n + s.handlings,
-                )
-            });
-        let mean = if count == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.1}", weighted / count as f64)
-        };
+        let totals = agent.totals();
+        let mean = totals
+            .mean_ms
+            .map_or_else(|| "-".to_string(), |mean| format!("{mean:.1}"));
         let pending = agent
             .pending
             .map_or_else(|| "-".to_string(), |p| p.to_string());
@@ -273,10 +276,10 @@ fn print_table(agents: &[AgentView]) {
             "{:<14} {:>6} {:>8} {:>7} {:>9} {:>9} {:>8}  {}",
             agent.agent,
             agent.copies.len(),
-            handled,
-            failed,
+            totals.handled,
+            totals.failed,
             mean,
-            in_flight,
+            totals.in_flight,
             pending,
             if agent.problems.is_empty() {
                 "-".to_string()

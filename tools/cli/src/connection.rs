@@ -44,8 +44,19 @@ impl Connection {
 
     /// Connects, failing at once (exit 69, naming the URL) when the server is not there.
     pub async fn jetstream(&self) -> Result<jetstream::Context, Failure> {
-        // Every `NATS_*` variable an agent reads works here too (client certificates, say);
-        // the flags win over it.
+        let client = self.config()?.connect().await.map_err(|err| {
+            Failure::unavailable(format!(
+                "cannot reach NATS at {}: {err}. Is nats-server running? Point --nats-url or \
+                 NATS_URL at it (`choreo up` starts one)",
+                self.nats_url
+            ))
+        })?;
+        Ok(jetstream::new(client))
+    }
+
+    /// The connection settings: every `NATS_*` variable an agent reads works here too (client
+    /// certificates, say); the flags win over it.
+    pub fn config(&self) -> Result<NatsConfig, Failure> {
         let mut config = NatsConfig::from_env()
             .map_err(Failure::usage)?
             .default_client_name("choreo-cli");
@@ -57,14 +68,7 @@ impl Connection {
         config.nkey_seed = self.nkey_seed.clone().or(config.nkey_seed);
         config.tls_ca = self.tls_ca.clone().or(config.tls_ca);
         config.connect_timeout = Some(std::time::Duration::from_secs(3));
-        let client = config.connect().await.map_err(|err| {
-            Failure::unavailable(format!(
-                "cannot reach NATS at {}: {err}. Is nats-server running? Point --nats-url or \
-                 NATS_URL at it (`choreo up` starts one)",
-                self.nats_url
-            ))
-        })?;
-        Ok(jetstream::new(client))
+        Ok(config)
     }
 }
 

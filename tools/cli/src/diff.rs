@@ -81,7 +81,7 @@ pub async fn run(args: DiffArgs) -> Result<(), Failure> {
 }
 
 /// `NAMESPACE/CORRELATION` or `CORRELATION`.
-fn parse_run(value: &str, default: &Namespace) -> Result<(Namespace, String), Failure> {
+pub fn parse_run(value: &str, default: &Namespace) -> Result<(Namespace, String), Failure> {
     let (namespace, correlation) = match value.split_once('/') {
         Some((ns, correlation)) => (Namespace::new(ns).map_err(Failure::usage)?, correlation),
         None => (default.clone(), value),

@@ -66,7 +66,7 @@ struct FilterArgs {
     reason: Option<DeadLetterReason>,
 }
 
-fn reason(value: &str) -> Result<DeadLetterReason, String> {
+pub fn reason(value: &str) -> Result<DeadLetterReason, String> {
     DeadLetterReason::from_name(value).ok_or_else(|| {
         let names: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
         format!("{value:?} is not a reason; use one of {}", names.join(", "))

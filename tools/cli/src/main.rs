@@ -9,6 +9,7 @@
 
 mod agents;
 mod connection;
+mod console;
 mod diff;
 mod dlq;
 mod graph;
@@ -73,6 +74,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// The choreography drawn from the agents' manifests, with its loops and loose ends.
     Graph(graph::GraphArgs),
+    /// A web console: live runs, a run's tree and timeline, agents, dead letters, compare.
+    Console(console::ConsoleArgs),
 }
 
 /// A failure with the exit code that describes it.
@@ -201,9 +204,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let result = match cli.command {
-        Command::Up(args) => up::run(args).await,
-        Command::Review(args) => review::run(args).await,
     // Held to the end: dropping it exports the spans still waiting.
     let _telemetry = match choreo_bus::telemetry::init_traces("choreo") {
         Ok(telemetry) => telemetry,
@@ -212,6 +212,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Review(args) => review::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Trace(args) => trace::run(args).await,
@@ -223,6 +226,7 @@ async fn main() -> ExitCode {
         Command::Ping(args) => ping::run(args).await,
         Command::Agents(args) => agents::run(args).await,
         Command::Graph(args) => graph::run(args).await,
+        Command::Console(args) => console::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

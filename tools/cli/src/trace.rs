@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use choreo_bus::cloudevents;
-use choreo_bus::projection::run_board::agent_positions;
 use choreo_bus::handling::{HandlingRecord, Spend};
+use choreo_bus::projection::run_board::agent_positions;
 use choreo_bus::trace::{RunTrace, TraceNode};
 
 use crate::Failure;
@@ -117,7 +117,8 @@ fn join(names: &std::collections::BTreeSet<String>) -> String {
     names.iter().cloned().collect::<Vec<_>>().join(", ")
 }
 
-fn payload(node: &TraceNode) -> String {
+/// An event's payload as text: its JSON, or what it is when it is not.
+pub fn payload(node: &TraceNode) -> String {
     match cloudevents::data_as_json(&node.event) {
         Some(value) => value.to_string(),
         None => format!(
@@ -151,7 +152,7 @@ fn offset_ms(trace: &RunTrace, time: time::OffsetDateTime) -> f64 {
 }
 
 /// One handling in words: who, how it ended, how long, what it spent.
-fn handling_text(trace: &RunTrace, handling: &HandlingRecord) -> String {
+pub fn handling_text(trace: &RunTrace, handling: &HandlingRecord) -> String {
     let mut text = format!(
         "{} {}: received +{:.1}ms, handler took {:.1}ms, done +{:.1}ms",
         handling.agent,
@@ -290,7 +291,10 @@ fn escape(text: &str) -> String {
 
 /// A row of the page: an event, or one agent's handling of the event above it.
 enum Row<'a> {
-    Event { index: usize, level: usize },
+    Event {
+        index: usize,
+        level: usize,
+    },
     Handling {
         level: usize,
         handling: &'a HandlingRecord,
@@ -306,14 +310,8 @@ fn handling_color(handling: &HandlingRecord) -> &'static str {
     }
 }
 
-/// A self-contained page: the tree drawn as SVG beside a timeline where each event is a mark
-/// where it was stored and each handling a bar from received to done (the darker part is the
-/// handler running), and a table of every event with its payload. No scripts, nothing fetched.
-pub fn html(trace: &RunTrace) -> String {
-    const ROW: f64 = 24.0;
-    const INDENT: f64 = 22.0;
-    const TREE_WIDTH: f64 = 560.0;
-    const TIMELINE: f64 = 480.0;
+/// The rows of the tree in tree order, each event followed by its handlings.
+fn rows(trace: &RunTrace) -> Vec<Row<'_>> {
     let mut rows = Vec::new();
     for (index, level) in trace.walk() {
         rows.push(Row::Event { index, level });
@@ -321,6 +319,18 @@ pub fn html(trace: &RunTrace) -> String {
             rows.push(Row::Handling { level, handling });
         }
     }
+    rows
+}
+
+/// The tree drawn as SVG beside a timeline where each event is a mark where it was stored and
+/// each handling a bar from received to done (the darker part is the handler running): the
+/// picture of [`html`]'s page, and of the console's run page.
+pub fn svg(trace: &RunTrace) -> String {
+    const ROW: f64 = 24.0;
+    const INDENT: f64 = 22.0;
+    const TREE_WIDTH: f64 = 560.0;
+    const TIMELINE: f64 = 480.0;
+    let rows = rows(trace);
     let row_of: std::collections::HashMap<usize, usize> = rows
         .iter()
         .enumerate()
@@ -431,9 +441,15 @@ pub fn html(trace: &RunTrace) -> String {
         }
     }
     svg.push_str("</svg>\n");
+    svg
+}
 
+/// A self-contained page: the tree and timeline of [`svg`], and a table of every event with
+/// its payload. No scripts, nothing fetched.
+pub fn html(trace: &RunTrace) -> String {
+    let svg = svg(trace);
     let mut table = String::new();
-    for shown in &rows {
+    for shown in &rows(trace) {
         let Row::Event { index, level } = shown else {
             continue;
         };
@@ -464,6 +480,10 @@ pub fn html(trace: &RunTrace) -> String {
         ns = escape(&trace.namespace),
         n = trace.len(),
         dl = trace.dead_letter_count(),
-        spend = if spend.is_empty() { String::new() } else { format!(" · {}", escape(&spend)) },
+        spend = if spend.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", escape(&spend))
+        },
     )
 }

@@ -1,0 +1,31 @@
+// choreo console: live updates over server-sent events, and confirmations. Plain JavaScript,
+// nothing fetched from anywhere but the console.
+(() => {
+  const body = document.body;
+  const status = document.getElementById('status');
+  const source = body.dataset.live;
+  if (source && window.EventSource) {
+    // A page's stream takes the page's own filters.
+    const search = location.search.slice(1);
+    const url = search ? source + (source.includes('?') ? '&' : '?') + search : source;
+    const events = new EventSource(url);
+    events.addEventListener('status', (event) => { status.innerHTML = event.data; });
+    events.addEventListener('fragment', (event) => {
+      const live = document.getElementById('live');
+      if (live) live.innerHTML = event.data;
+    });
+    events.addEventListener('version', (event) => {
+      if (body.dataset.version !== undefined && event.data !== body.dataset.version) location.reload();
+    });
+    events.onerror = () => {
+      if (events.readyState !== EventSource.OPEN) {
+        status.innerHTML = '<div class="banner down"><strong>The console is not answering.</strong> ' +
+          'This page reconnects by itself.</div>';
+      }
+    };
+  }
+  document.addEventListener('submit', (event) => {
+    const ask = event.target.dataset.confirm;
+    if (ask && !window.confirm(ask)) event.preventDefault();
+  });
+})();
