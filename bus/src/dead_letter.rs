@@ -39,7 +39,9 @@ pub struct DeadLetterNotice {
     pub agent: String,
     pub reason: String,
     pub error: String,
-    /// The failed event's id and type; empty when its bytes never decoded.
+    /// The failed event's id and type. For a message refused as it came (`decode_failed`,
+    /// `contract_violated`), whose bytes say nothing the bus can trust: no id, and the type its
+    /// subject names.
     pub event_id: String,
     pub event_type: String,
     pub delivery_count: u64,
@@ -58,8 +60,11 @@ pub enum DeadLetterReason {
     HandlerRejected,
     /// The handler ran past the agent's handler timeout on its last delivery.
     HandlerTimeout,
-    /// The bytes are not a usable `choreo.v1.Event`.
+    /// The bytes are not a protobuf `choreo.v1.Event`.
     DecodeFailed,
+    /// The envelope breaks the wire contract: it disagrees with its subject (another run or
+    /// type), lacks a required field, or its causation and depth disagree.
+    ContractViolated,
     /// Publishing the children would have passed the depth limit.
     DepthExceeded,
     /// The run has used its event or token budget.
@@ -75,6 +80,7 @@ impl DeadLetterReason {
             DeadLetterReason::HandlerRejected => "handler_rejected",
             DeadLetterReason::HandlerTimeout => "handler_timeout",
             DeadLetterReason::DecodeFailed => "decode_failed",
+            DeadLetterReason::ContractViolated => "contract_violated",
             DeadLetterReason::DepthExceeded => "depth_exceeded",
             DeadLetterReason::BudgetExhausted => "budget_exhausted",
             DeadLetterReason::CycleDetected => "cycle_detected",
@@ -82,11 +88,12 @@ impl DeadLetterReason {
     }
 
     /// Every reason, for parsing and listing.
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::HandlerFailed,
         DeadLetterReason::HandlerRejected,
         DeadLetterReason::HandlerTimeout,
         DeadLetterReason::DecodeFailed,
+        DeadLetterReason::ContractViolated,
         DeadLetterReason::DepthExceeded,
         DeadLetterReason::BudgetExhausted,
         DeadLetterReason::CycleDetected,
@@ -95,6 +102,16 @@ impl DeadLetterReason {
     /// The reason stored as `name`, if it is one.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+
+    /// Whether the message itself is at fault, not its handling: the same bytes on the same
+    /// subject would be refused again, so a redrive cannot help. Such a dead letter is never
+    /// taken as the event its bytes may claim to be: it belongs to the run its subject names.
+    pub fn is_refused_message(self) -> bool {
+        matches!(
+            self,
+            DeadLetterReason::DecodeFailed | DeadLetterReason::ContractViolated
+        )
     }
 }
 
@@ -197,12 +214,16 @@ impl DeadLetterWriter {
                 .payload(payload.into()),
         )
         .await?;
+        let event_type = match original.event {
+            Some(_) => letter.event_type,
+            None => subject_tokens(original.subject).1.to_string(),
+        };
         let notice = DeadLetterNotice {
             agent: self.agent.to_string(),
             reason: reason.as_str().to_string(),
             error: error.to_string(),
             event_id: letter.event_id,
-            event_type: letter.event_type,
+            event_type,
             delivery_count: original.delivery_count,
             original_sequence: original.stream_sequence,
             dead_letter_sequence: stored.sequence,
@@ -270,6 +291,23 @@ impl StoredDeadLetter {
     pub fn original_event(&self) -> Option<Event> {
         envelope::decode(self.letter.original.clone()).ok()
     }
+
+    /// The run the dead letter belongs to: the failed event's, or for a message refused as it
+    /// came (whose bytes claim nothing the bus trusts) the run its subject names.
+    pub fn correlation_id(&self) -> &str {
+        if self.letter.correlation_id.is_empty() {
+            subject_tokens(&self.letter.original_subject).0
+        } else {
+            &self.letter.correlation_id
+        }
+    }
+}
+
+/// The run and the type an event subject `<ns>.<correlation>.<type tokens>` names; empty
+/// where it has none.
+pub(crate) fn subject_tokens(subject: &str) -> (&str, &str) {
+    let rest = subject.split_once('.').map_or("", |(_, rest)| rest);
+    rest.split_once('.').unwrap_or((rest, ""))
 }
 
 /// Which dead letters to list. Empty fields match everything.
@@ -286,8 +324,9 @@ pub enum DeadLetterError {
     #[error("no dead letter with sequence {sequence} in {DEAD_LETTER_STREAM}: see `choreo dlq ls`")]
     NotFound { sequence: u64 },
     #[error(
-        "dead letter {sequence} is {reason}: its bytes never decoded as an event, so a redrive \
-         would fail the same way; inspect it with `choreo dlq show {sequence}` and purge it"
+        "dead letter {sequence} is {reason}: the message itself was refused, so a redrive of \
+         the same bytes would be refused the same way; inspect it with `choreo dlq show \
+         {sequence}`, publish a corrected event, and purge it"
     )]
     NotRedrivable { sequence: u64, reason: String },
     #[error("dead letter {sequence} is not a choreo.v1.DeadLetter: {detail}")]
@@ -400,7 +439,9 @@ impl DeadLetterStore {
     pub async fn redrive(&self, sequence: u64) -> Result<Redriven, DeadLetterError> {
         let stored = self.get(sequence).await?;
         let letter = &stored.letter;
-        let Some(event) = stored.original_event() else {
+        let refused = DeadLetterReason::from_name(&letter.reason)
+            .is_some_and(DeadLetterReason::is_refused_message);
+        let Some(event) = stored.original_event().filter(|_| !refused) else {
             return Err(DeadLetterError::NotRedrivable {
                 sequence,
                 reason: letter.reason.clone(),

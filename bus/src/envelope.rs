@@ -3,6 +3,8 @@
 //! Two ways in: [`RootEvent`] for an event from outside (CLI, HTTP, a webhook), validated and
 //! given an id and a correlation; and [`Emit`], what a handler returns, which the runtime turns
 //! into a child with [`stamp_child`]. Nobody sets causation, depth or trace context by hand.
+//!
+//! What any publisher must put on the wire, and what the runtime refuses, is [`contract`].
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -17,6 +19,7 @@ use crate::names::{
     AgentName, EventType, ValidationError, validate_id, validate_label, validate_type,
 };
 
+pub mod contract;
 mod view;
 pub use view::EventView;
 

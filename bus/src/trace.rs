@@ -8,6 +8,12 @@
 //! and the `choreo.handled` notices, see [`crate::handling`]: received, took, done, spend), and,
 //! given the agents' consumer positions, which acknowledged it without publishing anything and
 //! which have yet to.
+//!
+//! A message on the run's subjects whose bytes are not an envelope is a node too, standing for
+//! what its subject names (its type; no id, no source; its bytes as the data), with the decode
+//! error; the notice of its dead letter (a root of the run, since nothing it says can be
+//! trusted) is folded into it by the original's stream sequence, as is the notice of an
+//! envelope refused for breaking the wire contract.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -17,7 +23,9 @@ use choreo_proto::v1::Event;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::dead_letter::{DEAD_LETTERED, DeadLetterNotice, REDRIVE_FOR, REDRIVE_OF};
+use crate::dead_letter::{
+    DEAD_LETTERED, DeadLetterNotice, REDRIVE_FOR, REDRIVE_OF, subject_tokens,
+};
 use crate::envelope;
 use crate::handling::{HANDLED, HandlingNotice, HandlingRecord, Spend};
 use crate::log::{LogError, LogQuery, LogReader, LogRecord};
@@ -59,6 +67,10 @@ pub struct TraceNode {
     pub handlings: Vec<HandlingRecord>,
     /// Set on a redriven copy: the dead letter it came from and the agent it is for.
     pub redrive: Option<Redrive>,
+    /// Set when the message's bytes are not an envelope: why. `event` then stands for what its
+    /// subject names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
 }
 
 impl TraceNode {
@@ -94,6 +106,21 @@ pub(crate) fn millis<S: serde::Serializer>(duration: &Duration, s: S) -> Result<
 
 fn event_json<S: serde::Serializer>(event: &Event, s: S) -> Result<S::Ok, S::Error> {
     crate::cloudevents::to_json(event).serialize(s)
+}
+
+/// What stands in a trace for a message whose bytes are not an envelope: what its subject
+/// names (run and type), when it was stored, and its bytes as the data. No id, no source: the
+/// bytes say nothing the bus can trust.
+fn stand_in(record: &LogRecord) -> Event {
+    let (correlation_id, event_type) = subject_tokens(&record.subject);
+    Event {
+        r#type: event_type.to_string(),
+        correlation_id: correlation_id.to_string(),
+        time: Some(std::time::SystemTime::from(record.time).into()),
+        content_type: "application/octet-stream".to_string(),
+        data: record.payload.clone(),
+        ..Event::default()
+    }
 }
 
 /// Why a trace could not be built.
@@ -173,9 +200,12 @@ impl RunTrace {
         };
         let start = first.time;
         let mut by_id: HashMap<String, usize> = HashMap::new();
+        // Where each message of the run is, for the notices of messages refused as they came.
+        let mut by_sequence: HashMap<u64, usize> = HashMap::new();
         for record in records {
-            let Ok(event) = record.decode() else {
-                continue;
+            let (event, undecodable) = match record.decode() {
+                Ok(event) => (event, None),
+                Err(err) => (stand_in(record), Some(err.to_string())),
             };
             let parent = by_id.get(&event.causation_id).copied();
             if event.r#type == HANDLED
@@ -187,11 +217,21 @@ impl RunTrace {
                 continue;
             }
             if event.r#type == DEAD_LETTERED
-                && let Some(parent) = parent
+                && undecodable.is_none()
                 && let Ok(notice) = envelope::json_data::<DeadLetterNotice>(&event)
             {
-                trace.nodes[parent].dead_letters.push(notice);
-                continue;
+                // A refused message's notice is a root: nothing in the message names a cause.
+                let failed = match parent {
+                    Some(parent) => Some(parent),
+                    None if event.causation_id.is_empty() => {
+                        by_sequence.get(&notice.original_sequence).copied()
+                    }
+                    None => None,
+                };
+                if let Some(failed) = failed {
+                    trace.nodes[failed].dead_letters.push(notice);
+                    continue;
+                }
             }
             let redrive = match (record.header(REDRIVE_OF), record.header(REDRIVE_FOR)) {
                 (Some(of), Some(agent)) => of.parse().ok().map(|dead_letter_sequence| Redrive {
@@ -221,9 +261,10 @@ impl RunTrace {
             } else {
                 trace.roots.push(index);
             }
-            if redrive.is_none() {
+            if redrive.is_none() && undecodable.is_none() {
                 by_id.insert(event.id.clone(), index);
             }
+            by_sequence.insert(record.sequence, index);
             trace.nodes.push(TraceNode {
                 sequence: record.sequence,
                 stored: record.time,
@@ -239,6 +280,7 @@ impl RunTrace {
                 dead_letters: Vec::new(),
                 handlings: Vec::new(),
                 redrive,
+                undecodable,
             });
         }
         for TraceNode {
@@ -389,6 +431,85 @@ mod tests {
         assert_eq!(trace.dead_letter_count(), 1);
     }
 
+    /// A message refused as it came and the root notice of its dead letter, as the runtime
+    /// stores them: on the run's subjects, the notice naming the message's stream sequence.
+    fn refused(sequence: u64, subject: &str, payload: &[u8], reason: &str) -> [LogRecord; 2] {
+        let (run, event_type) = subject_tokens(subject);
+        let notice = DeadLetterNotice {
+            agent: "sink".into(),
+            reason: reason.into(),
+            error: "payload is not a choreo.v1.Event".into(),
+            event_id: String::new(),
+            event_type: event_type.into(),
+            delivery_count: 1,
+            original_sequence: sequence,
+            dead_letter_sequence: 1,
+        };
+        let announcement = RootEvent::new(
+            Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json"),
+            "sink",
+        )
+        .with_correlation_id(run)
+        .into_event()
+        .expect("valid");
+        let mut message = record(sequence, &announcement);
+        message.subject = subject.into();
+        message.payload = bytes::Bytes::copy_from_slice(payload);
+        [message, record(sequence + 1, &announcement)]
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_envelope_are_a_node_of_the_run_with_their_dead_letter() {
+        let ns = Namespace::default();
+        let records = refused(1, "events.run-bad.x.y", &[0xff; 12], "decode_failed");
+        let trace = RunTrace::from_records(&ns, "run-bad", &records, &[]);
+        assert_eq!(trace.len(), 1, "the message, with its notice folded in");
+        assert_eq!(trace.dead_letter_count(), 1);
+        let node = &trace.nodes[trace.roots[0]];
+        assert!(
+            node.undecodable
+                .as_deref()
+                .is_some_and(|e| e.contains("not a choreo.v1.Event")),
+            "{node:?}"
+        );
+        assert_eq!(
+            (
+                node.event.r#type.as_str(),
+                node.event.correlation_id.as_str()
+            ),
+            ("x.y", "run-bad"),
+            "what the subject names"
+        );
+        assert_eq!(
+            (node.event.id.as_str(), node.event.source.as_str()),
+            ("", "")
+        );
+        assert_eq!(&node.event.data[..], &[0xff; 12]);
+        assert_eq!(node.dead_letters[0].reason, "decode_failed");
+    }
+
+    #[test]
+    fn an_envelope_refused_for_its_subject_carries_its_dead_letter() {
+        let ns = Namespace::default();
+        // The body says another run; the subject says run-a, where it is stored and traced.
+        let elsewhere = RootEvent::new(emit("in.put"), "client")
+            .with_correlation_id("run-b")
+            .into_event()
+            .expect("valid");
+        let records = refused(
+            1,
+            "events.run-a.in.put",
+            &prost::Message::encode_to_vec(&elsewhere),
+            "contract_violated",
+        );
+        let trace = RunTrace::from_records(&ns, "run-a", &records, &[]);
+        assert_eq!(trace.len(), 1);
+        let node = &trace.nodes[0];
+        assert_eq!(node.undecodable, None, "it is an envelope");
+        assert_eq!(node.event.id, elsewhere.id);
+        assert_eq!(node.dead_letters[0].reason, "contract_violated");
+    }
+
     #[test]
     fn handlings_come_from_children_headers_and_notices() {
         use crate::handling::{ChildHeaders, HandlingEnd, HandlingNotice};
@@ -449,16 +570,26 @@ mod tests {
 
         assert_eq!(trace.len(), 3, "the notice is an outcome, not an event");
         let handlings = &trace.nodes[0].handlings;
-        assert_eq!(handlings.len(), 2, "two children of one handling are one handling");
+        assert_eq!(
+            handlings.len(),
+            2,
+            "two children of one handling are one handling"
+        );
         let worked = &handlings[0];
         assert_eq!(worked.agent, "worker");
         assert_eq!(worked.end, "emitted");
         assert_eq!(worked.took, Duration::from_secs(12));
         assert_eq!(worked.received, OffsetDateTime::from(received));
-        assert_eq!(worked.done, records[2].time, "done when its last child was stored");
+        assert_eq!(
+            worked.done, records[2].time,
+            "done when its last child was stored"
+        );
         assert_eq!(worked.spend, spend, "the spend rides on the first child");
         let failed = &handlings[1];
-        assert_eq!((failed.agent.as_str(), failed.end.as_str()), ("waiter", "failed"));
+        assert_eq!(
+            (failed.agent.as_str(), failed.end.as_str()),
+            ("waiter", "failed")
+        );
         assert_eq!(failed.error, "429");
         assert_eq!(failed.done, records[3].time);
         let total = trace.spend();

@@ -1061,14 +1061,17 @@ async fn recorded_handling(event: Incoming) -> Result<Vec<Emit>, HandlerError> {
 }
 
 #[tokio::test]
-async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> anyhow::Result<()>
-{
+async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> anyhow::Result<()> {
     use choreo_bus::handling::HANDLED;
     use choreo_bus::trace::RunTrace;
 
     let bus = Bus::start().await?;
     let agent = bus
-        .run(relay("recorder"), handler_fn(recorded_handling), quick_config())
+        .run(
+            relay("recorder"),
+            handler_fn(recorded_handling),
+            quick_config(),
+        )
         .await?;
     for (payload, run) in [
         ("emit", "run-emit"),
@@ -1090,8 +1093,14 @@ async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> 
     let root = &emitted.nodes[emitted.roots[0]];
     assert_eq!(root.handlings.len(), 1, "two children, one handling");
     let handling = &root.handlings[0];
-    assert_eq!((handling.agent.as_str(), handling.end.as_str()), ("recorder", "emitted"));
-    assert!(handling.received >= root.stored, "received after it was stored");
+    assert_eq!(
+        (handling.agent.as_str(), handling.end.as_str()),
+        ("recorder", "emitted")
+    );
+    assert!(
+        handling.received >= root.stored,
+        "received after it was stored"
+    );
     assert!(handling.done >= handling.received + handling.took);
     assert_eq!(
         handling.done,
@@ -1111,7 +1120,11 @@ async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> 
     let failed = trace("run-fail").await?;
     let handling = &failed.nodes[0].handlings[0];
     assert_eq!(handling.end, "failed");
-    assert!(handling.error.contains("refused on purpose"), "{}", handling.error);
+    assert!(
+        handling.error.contains("refused on purpose"),
+        "{}",
+        handling.error
+    );
     assert_eq!(failed.dead_letter_count(), 1);
 
     let ignored = bus.events("events.run-ignore.>").await?;
@@ -1120,5 +1133,91 @@ async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> 
         0,
         "a fast handling that emits and spends nothing leaves no notice"
     );
+    Ok(())
+}
+
+/// An envelope that disagrees with its subject (another run, another type) or lacks a required
+/// field is never handled: it is dead-lettered `contract_violated` with the field named, in the
+/// run its subject names, and nothing is published for it anywhere. Events behind it flow.
+#[tokio::test]
+async fn an_envelope_that_breaks_the_wire_contract_is_dead_lettered_and_never_handled()
+-> anyhow::Result<()> {
+    use prost::Message as _;
+    let bus = Bus::start().await?;
+    let handled: Log<String> = log();
+    let seen = handled.clone();
+    let agent = bus
+        .run(
+            relay("strict"),
+            handler_fn(move |event: Incoming| {
+                seen.lock().unwrap().push(event.id.clone());
+                async move { relay_child(&event) }
+            }),
+            quick_config(),
+        )
+        .await?;
+    let envelope = |id: &str, event_type: &str, correlation: &str, source: &str| Event {
+        id: id.into(),
+        r#type: event_type.into(),
+        source: source.into(),
+        correlation_id: correlation.into(),
+        content_type: "application/json".into(),
+        data: "1".into(),
+        ..Event::default()
+    };
+    // What a client in another language gets wrong: the body's run, its type, its source.
+    for bad in [
+        envelope("other-run", "in.put", "run-b", "elsewhere"),
+        envelope("other-type", "in.other", "run-a", "elsewhere"),
+        envelope("no-source", "in.put", "run-a", ""),
+    ] {
+        bus.jetstream
+            .publish("events.run-a.in.put", bad.encode_to_vec().into())
+            .await?
+            .await?;
+    }
+    let good = bus.publish("in.put", json!(2), Some("run-a")).await?;
+
+    wait_until("three dead letters, and the good event handled", || async {
+        Ok(bus.dead_letters().await?.len() == 3
+            && bus.events("events.run-a.out.put").await?.len() == 1)
+    })
+    .await?;
+    agent.stop().await?;
+
+    let letters = bus.dead_letters().await?;
+    for (letter, field) in letters.iter().zip(["correlation_id", "type", "source"]) {
+        assert_eq!(letter.reason, "contract_violated", "{}", letter.error);
+        assert!(
+            letter.error.contains(&format!("invalid {field}")),
+            "{field}: {}",
+            letter.error
+        );
+        assert_eq!(letter.original_subject, "events.run-a.in.put");
+        assert_eq!(letter.agent, "strict");
+    }
+    assert!(
+        letters[0].error.contains("\"run-b\"") && letters[0].error.contains("\"run-a\""),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec![good.id.clone()],
+        "the handler saw only the good event"
+    );
+    assert!(
+        bus.events("events.run-b.>").await?.is_empty(),
+        "nothing went to the run the body named"
+    );
+    let children = bus.events("events.run-a.out.put").await?;
+    assert_eq!(children[0].causation_id, good.id);
+    let notices = bus
+        .events(&format!(
+            "events.run-a.{}",
+            choreo_bus::dead_letter::DEAD_LETTERED
+        ))
+        .await?;
+    assert_eq!(notices.len(), 3, "announced in the subject's run");
     Ok(())
 }

@@ -37,6 +37,15 @@ impl<'a> EventView<'a> {
     /// and type), so a record is decodable in one form exactly when it is in the other, maps
     /// aside.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let view = Self::read(bytes)?;
+        super::check_decoded(view.id, view.correlation_id, view.event_type)?;
+        Ok(view)
+    }
+
+    /// Reads an encoded envelope's fields as they are, checking only that it is protobuf of
+    /// the envelope's shape: the wire contract ([`super::contract`]) then says what is wrong
+    /// with them, field by field.
+    pub(crate) fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut view = EventView::default();
         let mut buf = bytes;
         while !buf.is_empty() {
@@ -64,7 +73,6 @@ impl<'a> EventView<'a> {
                 _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
             }
         }
-        super::check_decoded(view.id, view.correlation_id, view.event_type)?;
         Ok(view)
     }
 }

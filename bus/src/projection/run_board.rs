@@ -10,7 +10,9 @@
 //! subscribe to its events and how far each has acknowledged. [`RunBoard::view`] takes those
 //! from the agents' durable consumers ([`AgentPosition`], read with [`agent_positions`]). A
 //! run is:
-//! - **failed** while it has a dead letter not redriven;
+//! - **failed** while it has a dead letter not redriven (among them the dead letters of
+//!   messages refused as they came, bytes that are not an envelope or an envelope that breaks
+//!   the wire contract: their notices are roots of the run their subject names);
 //! - **pending** while an agent whose subscription matches one of its events has not
 //!   acknowledged it;
 //! - **complete** otherwise.
@@ -93,6 +95,10 @@ impl PartialEq for SharedNames {
         self.types == other.types
     }
 }
+
+/// The root source of a run whose first message was refused as it came: its bytes say
+/// nothing the bus can trust.
+pub const UNKNOWN_SOURCE: &str = "?";
 
 /// Room a run's counted table starts with (an entry per event, and one per handling beyond an
 /// input's first). A run of a dozen events fits; a table grown from empty would be allocated
@@ -272,7 +278,8 @@ impl Serialize for RunView<'_> {
 }
 
 impl Projection for RunBoard {
-    const NAME: &'static str = "run-board-v4";
+    // v5: a refused message's dead letter (a root notice) fails its run.
+    const NAME: &'static str = "run-board-v5";
 
     fn apply(&mut self, event: &EventView<'_>, record: &LogRecord) {
         // Looked up before inserting: a key is allocated once per run, not once per event.
@@ -369,7 +376,9 @@ impl Run {
         if let Some(spend) = record
             .header(handling_headers::SPEND)
             .and_then(|json| serde_json::from_str::<Spend>(json).ok())
-            && !self.counted.contains_key(&stable_hash(&[event.id.as_bytes()]))
+            && !self
+                .counted
+                .contains_key(&stable_hash(&[event.id.as_bytes()]))
         {
             self.spent(names, event.source, &spend, false);
         }
@@ -405,6 +414,12 @@ impl Run {
             },
         );
 
+        if event.event_type == DEAD_LETTERED
+            && let Ok(notice) = serde_json::from_slice::<DeadLetterNotice>(event.data)
+        {
+            self.dead_lettered(names, event, record, notice);
+            return;
+        }
         if event.causation_id.is_empty() {
             return;
         }
@@ -412,21 +427,37 @@ impl Run {
             Some(work) => work,
             None => self.agents.entry(names.hold(event.source)).or_default(),
         };
-        if event.event_type == DEAD_LETTERED {
-            if let Ok(notice) = serde_json::from_slice::<DeadLetterNotice>(event.data) {
-                work.dead_lettered += 1;
-                self.dead_letters.push(RunDeadLetter {
-                    notice,
-                    time: record.time,
-                    redriven: false,
-                });
-            }
-            return;
-        }
         increment(&mut work.emitted, names, type_index);
         if let Handled::New { cause_type_index } = count_handling(&mut self.counted, event) {
             increment(&mut work.handled, names, cause_type_index);
         }
+    }
+
+    /// Folds a dead letter's notice. A root notice is a refused message's (bytes that are not
+    /// an envelope, or an envelope that breaks the wire contract), which the fold never saw as
+    /// an event: when it is the run's first word, the run's root is what the message's subject
+    /// named, from a source nobody can tell.
+    fn dead_lettered(
+        &mut self,
+        names: &mut SharedNames,
+        event: &EventView<'_>,
+        record: &LogRecord,
+        notice: DeadLetterNotice,
+    ) {
+        if event.causation_id.is_empty() && self.events == 1 && !notice.event_type.is_empty() {
+            self.root_type = names.hold(&notice.event_type);
+            self.root_source = names.hold(UNKNOWN_SOURCE);
+        }
+        let work = match self.agents.get_mut(event.source) {
+            Some(work) => work,
+            None => self.agents.entry(names.hold(event.source)).or_default(),
+        };
+        work.dead_lettered += 1;
+        self.dead_letters.push(RunDeadLetter {
+            notice,
+            time: record.time,
+            redriven: false,
+        });
     }
 
     /// Dead letters not redriven.
@@ -674,10 +705,19 @@ mod tests {
         board.apply(&record(4, &notice));
 
         let run = board.state.run("run-9").expect("run");
-        assert_eq!(run.events, 3, "the handling notice is not an event of the run");
+        assert_eq!(
+            run.events, 3,
+            "the handling notice is not an event of the run"
+        );
         assert!(run.types.get(HANDLED).is_none());
-        assert_eq!(run.cost_micros, 2500, "the spend of two children counted once");
-        assert_eq!(run.tokens, 45, "the children's 40, and the failed handling's 5");
+        assert_eq!(
+            run.cost_micros, 2500,
+            "the spend of two children counted once"
+        );
+        assert_eq!(
+            run.tokens, 45,
+            "the children's 40, and the failed handling's 5"
+        );
         assert_eq!(run.agents.get("counter").map(|a| a.cost_micros), Some(2000));
         assert_eq!(run.agents.get("judge").map(|a| a.tokens), Some(5));
     }
@@ -809,6 +849,53 @@ mod tests {
         );
         let agents = [position("counter", "events.*.count.requested", 3)];
         assert_eq!(run.status(&ns, &agents), RunStatus::Complete);
+    }
+
+    #[test]
+    fn a_message_refused_as_it_came_fails_the_run_its_subject_names() {
+        let mut board = Folded::<RunBoard>::default();
+        // Bytes that are not an envelope on events.run-bad.x.y: the fold cannot see them.
+        let garbage = LogRecord {
+            sequence: 1,
+            time: OffsetDateTime::UNIX_EPOCH,
+            subject: "events.run-bad.x.y".into(),
+            headers: None,
+            payload: bytes::Bytes::from_static(&[0xff; 8]),
+        };
+        let notice = DeadLetterNotice {
+            agent: "sink".to_string(),
+            reason: "decode_failed".to_string(),
+            error: "payload is not a choreo.v1.Event".to_string(),
+            event_id: String::new(),
+            event_type: "x.y".to_string(),
+            delivery_count: 1,
+            original_sequence: 1,
+            dead_letter_sequence: 1,
+        };
+        let announcement = RootEvent::new(
+            Emit::json(EventType::new(DEAD_LETTERED).expect("type"), &notice).expect("json"),
+            "sink",
+        )
+        .with_correlation_id("run-bad")
+        .into_event()
+        .expect("valid");
+        board.apply(&garbage);
+        board.apply(&record(2, &announcement));
+        assert_eq!(board.undecodable, 1);
+
+        let run = board.state.run("run-bad").expect("the subject's run");
+        let ns = Namespace::default();
+        assert_eq!(
+            run.status(&ns, &[position("sink", "events.*.x.y", 2)]),
+            RunStatus::Failed { dead_letters: 1 }
+        );
+        assert_eq!(
+            (&*run.root_type, &*run.root_source),
+            ("x.y", UNKNOWN_SOURCE),
+            "not a platform run (choreo.*): listed with the others"
+        );
+        assert_eq!(run.agents.get("sink").map(|w| w.dead_lettered), Some(1));
+        assert_eq!(run.dead_letters[0].notice.reason, "decode_failed");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | a redelivery whose earlier handling's children are all stored | ack, handler not run |
 //! | fetched but not started before shutdown, or cancelled at the end of the grace | hand back now |
 //! | bytes that are not an envelope | dead letter `decode_failed` |
+//! | an envelope that breaks the wire contract (disagrees with its subject, lacks a required field) | dead letter `contract_violated` |
 //! | delivered more than max deliveries without completing (a crash loop) | dead letter `handler_failed` |
 //! | a guard stopped the run (cycle, depth, budget) | dead letter with the guard's reason |
 //! | the handler's breaker refused, or NATS or a dependency is unavailable | defer: redeliver after the wait, no attempt spent |
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use crate::dead_letter::DeadLetterReason;
 use crate::envelope::Emit;
+use crate::envelope::contract::ContractError;
 use crate::guard::Stop;
 
 use super::agent::{Agent, HandlerError};
@@ -44,8 +46,11 @@ pub enum Outcome {
     AlreadyHandled,
     /// Not started (fetched before shutdown), or cancelled when the shutdown grace ran out.
     Unstarted,
-    /// The bytes are not a usable envelope.
+    /// The bytes are not a protobuf envelope.
     Undecodable(String),
+    /// An envelope that breaks the wire contract (see [`crate::envelope::contract`]); the
+    /// error names the field.
+    ContractViolated(String),
     /// Delivered this many times without any delivery completing: the agent has been dying
     /// while handling it (a crash, an OOM kill).
     CrashLoop { attempts: u64 },
@@ -88,6 +93,15 @@ pub enum Fate {
     },
 }
 
+impl From<ContractError> for Outcome {
+    fn from(refused: ContractError) -> Self {
+        match refused {
+            ContractError::Undecodable(_) => Outcome::Undecodable(refused.to_string()),
+            ContractError::Violated(_) => Outcome::ContractViolated(refused.to_string()),
+        }
+    }
+}
+
 impl From<Stop> for Fate {
     fn from(stop: Stop) -> Self {
         Fate::DeadLetter {
@@ -104,6 +118,10 @@ pub fn decide(agent: &Agent, config: &RuntimeConfig, attempts: u64, outcome: Out
         Outcome::Unstarted => Fate::HandBack,
         Outcome::Undecodable(error) => Fate::DeadLetter {
             reason: DeadLetterReason::DecodeFailed,
+            error,
+        },
+        Outcome::ContractViolated(error) => Fate::DeadLetter {
+            reason: DeadLetterReason::ContractViolated,
             error,
         },
         Outcome::CrashLoop { attempts } => Fate::DeadLetter {
@@ -350,6 +368,30 @@ mod tests {
         );
         let (reason, _) = dead_letter(fate(1, Outcome::Undecodable("not protobuf".into())));
         assert_eq!(reason, DeadLetterReason::DecodeFailed);
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_envelope_and_envelopes_that_break_the_contract_differ() {
+        use crate::envelope::contract::check;
+        let garbage = check("events.run-1.in.put", b"\xff\xff").expect_err("not protobuf");
+        let (reason, error) = dead_letter(fate(1, garbage.into()));
+        assert_eq!(reason, DeadLetterReason::DecodeFailed);
+        assert!(error.contains("not a choreo.v1.Event"), "{error}");
+        let elsewhere = choreo_proto::v1::Event {
+            id: "e".into(),
+            r#type: "in.put".into(),
+            source: "s".into(),
+            correlation_id: "run-2".into(),
+            ..Default::default()
+        };
+        let refused = check(
+            "events.run-1.in.put",
+            &prost::Message::encode_to_vec(&elsewhere),
+        )
+        .expect_err("another run");
+        let (reason, error) = dead_letter(fate(9, refused.into()));
+        assert_eq!(reason, DeadLetterReason::ContractViolated);
+        assert!(error.contains("correlation_id"), "{error}");
     }
 
     #[test]
