@@ -1221,3 +1221,46 @@ async fn an_envelope_that_breaks_the_wire_contract_is_dead_lettered_and_never_ha
     assert_eq!(notices.len(), 3, "announced in the subject's run");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_runs_cost_budget_stops_its_publishing_once_passed() -> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let mut config = quick_config();
+    config.guards.budget.max_cost_micros = Some(5000);
+    let agent = bus
+        .run(
+            relay("spender"),
+            handler_fn(|event: Incoming| async move {
+                event.spend.model_call("m-1", "ok", 30, 10, Some(0.004));
+                relay_child(&event)
+            }),
+            config,
+        )
+        .await?;
+    bus.publish("in.put", json!("first"), Some("run-cost")).await?;
+    bus.publish("in.put", json!("second"), Some("run-cost")).await?;
+    bus.publish("in.put", json!("elsewhere"), Some("run-other"))
+        .await?;
+    wait_until_drained(&bus, "spender").await?;
+    agent.stop().await?;
+
+    assert_eq!(
+        bus.events("events.run-cost.out.put").await?.len(),
+        1,
+        "the first handling (0.004 of 0.005) publishes; the second passes the budget"
+    );
+    let letters = bus.dead_letters().await?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "budget_exhausted");
+    assert!(
+        letters[0].error.contains("cost budget (0.008000 of 0.005000)"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        bus.events("events.run-other.out.put").await?.len(),
+        1,
+        "another run's budget is its own"
+    );
+    Ok(())
+}

@@ -362,7 +362,10 @@ impl<H: Handler> Runtime<H> {
         jetstream: &jetstream::Context,
     ) -> Result<Option<CorrelationBudget>, RuntimeError> {
         let limits = self.config.guards.budget;
-        if limits.max_events.is_none() && limits.max_tokens.is_none() {
+        if limits.max_events.is_none()
+            && limits.max_tokens.is_none()
+            && limits.max_cost_micros.is_none()
+        {
             return Ok(None);
         }
         match jetstream

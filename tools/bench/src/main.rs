@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Each scenario prints one line (one JSON object with `--json`). Side-by-side scenarios
-//! (`publish`, `handle`, `guards`) have `scenario`, `raw` and `ours` (medians over the rounds),
+//! (`publish`, `handle`, `guards`, `telemetry`) have `scenario`, `raw` and `ours` (medians over the rounds),
 //! `unit`, and `ratio` = ours / raw, where higher is better (for latencies it is raw / ours, so
 //! higher stays better). A scenario that measures another baseline in the same rounds adds its
 //! median and ours / it under the baseline's name (`publish`: `same_wire`, `ratio_same_wire`;
@@ -30,6 +30,7 @@ mod publish;
 mod review;
 mod slow;
 mod storm;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -42,8 +43,8 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run: publish, slow, handle, guards, flood, storm, replay, fold, trace,
-    /// review. All of them when none is named.
+    /// Scenarios to run: publish, slow, handle, guards, telemetry, flood, storm, replay, fold,
+    /// trace, review. All of them when none is named.
     scenarios: Vec<String>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
@@ -75,8 +76,18 @@ struct Args {
     reviews: usize,
 }
 
-const SCENARIOS: [&str; 10] = [
-    "publish", "slow", "handle", "guards", "flood", "storm", "replay", "fold", "trace", "review",
+const SCENARIOS: [&str; 11] = [
+    "publish",
+    "slow",
+    "handle",
+    "guards",
+    "telemetry",
+    "flood",
+    "storm",
+    "replay",
+    "fold",
+    "trace",
+    "review",
 ];
 
 /// Settings every scenario shares.
@@ -223,6 +234,15 @@ pub fn median(values: &[f64]) -> f64 {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Spans exported only where OTEL_EXPORTER_OTLP_ENDPOINT is set: the `telemetry`
+    // scenario's child processes.
+    let _telemetry = match choreo_bus::telemetry::init_traces("choreo-bench") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("choreo-bench: {err}");
+            return ExitCode::from(64);
+        }
+    };
     let unknown: Vec<_> = args
         .scenarios
         .iter()
@@ -312,6 +332,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             "handle" => compared(handle::run(&client, &settings).await?)?,
             "guards" => compared(handle::run_guards(&client, &settings).await?)?,
+            "telemetry" => compared(telemetry::run(&url, &settings).await?)?,
             "flood" => {
                 let flood = flood::run(&client, &settings).await?;
                 let table = format!(
