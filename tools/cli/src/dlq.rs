@@ -61,7 +61,7 @@ struct FilterArgs {
     #[arg(long)]
     correlation: Option<String>,
     /// Only this reason: handler_failed, handler_rejected, handler_timeout, decode_failed,
-    /// depth_exceeded, budget_exhausted, cycle_detected.
+    /// contract_violated, depth_exceeded, budget_exhausted, cycle_detected.
     #[arg(long, value_parser = reason)]
     reason: Option<DeadLetterReason>,
 }
@@ -107,7 +107,7 @@ pub async fn run(args: DlqArgs) -> Result<(), Failure> {
                         format_time(letter.time),
                         letter.letter.reason,
                         letter.letter.agent,
-                        or_unknown(&letter.letter.correlation_id),
+                        or_unknown(letter.correlation_id()),
                         or_unknown(&letter.letter.event_type),
                         or_unknown(&letter.letter.event_id),
                         letter.letter.error
@@ -182,6 +182,7 @@ fn letter_json(stored: &StoredDeadLetter) -> serde_json::Value {
         "reason": letter.reason,
         "error": letter.error,
         "agent": letter.agent,
+        "correlation_id": stored.correlation_id(),
         "delivery_count": letter.delivery_count,
         "original_subject": letter.original_subject,
         "original_stream": letter.stream,

@@ -718,3 +718,86 @@ async fn review_submits_a_diff_and_refuses_what_is_not_one() -> anyhow::Result<(
     expect_code(&output, 65);
     Ok(())
 }
+
+/// Bytes that are not an envelope on `events.<run>.x.y` belong to the run the subject names:
+/// `choreo trace` counts the dead letter and shows it with its reason where the bytes were,
+/// `choreo state` marks the run failed and lists it (it is not a platform run), and `choreo dlq
+/// ls` names the run.
+#[tokio::test]
+async fn a_poisoned_run_is_failed_on_the_board_counted_in_its_trace_and_named_in_the_dlq()
+-> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let agent = bus
+        .run(
+            Agent::builder("taster")
+                .subscribes("x.y")
+                .emits("x.z")
+                .build()?,
+            handler_fn(|_event: Incoming| async move {
+                Ok(vec![
+                    Emit::json(event_type("x.z"), &json!({})).map_err(HandlerError::permanent)?,
+                ])
+            }),
+            quick_config(),
+        )
+        .await?;
+    // Bytes that are not a protobuf Event (0xff is never a valid field key of one).
+    let garbage: Vec<u8> = (0u32..48).map(|i| (i * 37 % 251) as u8 | 0x80).collect();
+    bus.jetstream
+        .publish("events.run-poison.x.y", garbage.into())
+        .await?
+        .await?;
+    let notice = format!("events.run-poison.{DEAD_LETTERED}");
+    wait_until("the taster gives up on the bytes", || async {
+        Ok(bus.raw("EVENTS", &notice).await?.len() == 1)
+    })
+    .await?;
+    agent.stop().await?;
+
+    let tree = choreo(&bus, &["trace", "run-poison"]).await?;
+    expect_code(&tree, 0);
+    let text = stdout(&tree);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("1 events, 1 dead-lettered"), "{text}");
+    assert!(
+        lines[1].contains("x.y")
+            && lines[1].contains(
+                "DEAD-LETTERED by taster: decode_failed (payload is not a choreo.v1.Event"
+            ),
+        "{text}"
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "the notice is the bytes' outcome, not a root: {text}"
+    );
+
+    let board = choreo(&bus, &["state"]).await?;
+    expect_code(&board, 0);
+    let text = stdout(&board);
+    let run = text
+        .lines()
+        .find(|line| line.starts_with("run-poison"))
+        .unwrap_or_else(|| panic!("the default board lists the run: {text}"));
+    assert!(
+        run.contains("failed") && run.contains("root x.y from ?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("taster gave up on x.y (decode_failed)"),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&stdout(
+        &choreo(&bus, &["state", "--json", "--correlation", "run-poison"]).await?,
+    ))?;
+    assert_eq!(json["runs"][0]["status"], "failed", "{json}");
+
+    let listed = stdout(&choreo(&bus, &["dlq", "ls"]).await?);
+    assert!(
+        listed.contains("decode_failed") && listed.contains("run run-poison"),
+        "{listed}"
+    );
+    let by_run = stdout(&choreo(&bus, &["dlq", "ls", "--correlation", "run-poison"]).await?);
+    assert_eq!(by_run.lines().count(), 1, "{by_run}");
+    Ok(())
+}
