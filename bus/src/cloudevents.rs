@@ -9,10 +9,17 @@
 //! | `depth` | `depth` |
 //! | `traceparent` (distributed-tracing extension) | `traceparent` |
 //! | `tokensused` | `tokens_used` |
+//! | `subject`, `dataschema` | `attributes["subject"]`, `attributes["dataschema"]` |
 //! | any other extension | `attributes` |
 //!
 //! Events coming in from outside are roots: a `causationid` or a non-zero `depth` is refused,
 //! because the runtime alone says what caused what.
+//!
+//! `subject` and `dataschema` are kept as attributes under their own names rather than as
+//! envelope fields: nothing in the bus acts on them, the envelope stays as it is for clients
+//! already built on it, and `attributes` is where CloudEvents attributes without a field of
+//! their own go. They come back out as the attributes they were. Both are checked as
+//! CloudEvents says: a non-empty string, and for `dataschema` an absolute URI.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +32,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::envelope::{self, Emit, JSON, RootEvent};
-use crate::names::{EventType, ValidationError};
+use crate::names::{EventType, ValidationError, validate_label};
 
 /// The attributes this mapping gives a meaning; everything else is an extension.
 const KNOWN: [&str; 14] = [
@@ -44,6 +51,25 @@ const KNOWN: [&str; 14] = [
     "depth",
     "traceparent",
 ];
+
+/// The CloudEvents `subject` attribute, kept in `attributes` under this name.
+pub const SUBJECT: &str = "subject";
+/// The CloudEvents `dataschema` attribute, kept in `attributes` under this name.
+pub const DATASCHEMA: &str = "dataschema";
+
+/// Whether `text` is an absolute URI: a scheme (a letter, then letters, digits, `+`, `-`,
+/// `.`), a colon, and something after it, with no white space.
+fn is_absolute_uri(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once(':') else {
+        return false;
+    };
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !text.chars().any(char::is_whitespace)
+}
 
 /// An event as a CloudEvents JSON object.
 pub fn to_json(event: &Event) -> Value {
@@ -115,6 +141,13 @@ pub fn root_from_json(value: &Value) -> Result<RootEvent, ValidationError> {
     let required = |name: &'static str| -> Result<&str, ValidationError> {
         text(name)?.ok_or_else(|| ValidationError::new(name, "is required in a CloudEvent"))
     };
+    let context = |name: &'static str| -> Result<Option<&str>, ValidationError> {
+        let Some(value) = text(name)? else {
+            return Ok(None);
+        };
+        validate_label(name, value)?;
+        Ok(Some(value))
+    };
     if required("specversion")? != "1.0" {
         return Err(ValidationError::new(
             "specversion",
@@ -169,6 +202,18 @@ pub fn root_from_json(value: &Value) -> Result<RootEvent, ValidationError> {
             (None, None) => Bytes::new(),
         };
     let mut emit = Emit::new(event_type, content_type, data);
+    if let Some(subject) = context(SUBJECT)? {
+        emit = emit.attribute(SUBJECT, subject);
+    }
+    if let Some(schema) = context(DATASCHEMA)? {
+        if !is_absolute_uri(schema) {
+            return Err(ValidationError::new(
+                DATASCHEMA,
+                format!("{schema:?} is not an absolute URI (scheme:rest, e.g. https://…)"),
+            ));
+        }
+        emit = emit.attribute(DATASCHEMA, schema);
+    }
     if let Some(tokens) = object.get("tokensused") {
         let tokens = tokens
             .as_u64()
@@ -216,6 +261,8 @@ mod tests {
             "correlationid": "run-7",
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "data": {"diff": "+a"},
+            "subject": "refunds.py",
+            "dataschema": "https://example.com/schemas/review-request.json",
             "priority": "high"
         })
     }
@@ -230,6 +277,8 @@ mod tests {
         assert_eq!(event.correlation_id, "run-7");
         assert_eq!(event.content_type, JSON);
         assert_eq!(event.attributes["priority"], "high");
+        assert_eq!(event.attributes[SUBJECT], "refunds.py");
+        assert_eq!(event.attributes[DATASCHEMA], document()["dataschema"]);
         assert_eq!(event.depth, 0);
 
         let back = to_json(&event);
@@ -241,6 +290,8 @@ mod tests {
             "correlationid",
             "traceparent",
             "data",
+            "subject",
+            "dataschema",
             "priority",
         ] {
             assert_eq!(back[key], document()[key], "{key}");
@@ -293,6 +344,18 @@ mod tests {
             (
                 "data_base64",
                 json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "data_base64": "%%"}),
+            ),
+            (
+                "subject",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": ""}),
+            ),
+            (
+                "subject",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": 7}),
+            ),
+            (
+                "dataschema",
+                json!({"specversion": "1.0", "id": "a", "source": "s", "type": "t", "dataschema": "schemas/x.json"}),
             ),
         ];
         for (field, doc) in cases {

@@ -119,10 +119,16 @@ async fn copy_roots(
         if record.header(choreo_bus::dead_letter::REDRIVE_OF).is_some() {
             continue;
         }
-        if let Ok(event) = record.decode()
+        if let Ok(mut event) = record.decode()
             && event.causation_id.is_empty()
             && args.filter.admits(&event)
         {
+            // A root published without a time (a client in another language) is copied with
+            // the time the stream stored it, as the runtime would read it: the CLI publishes
+            // no root without a time.
+            if event.time.is_none() {
+                event.time = Some(std::time::SystemTime::from(record.time).into());
+            }
             roots.push(event);
         }
     }

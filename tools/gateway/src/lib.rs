@@ -9,8 +9,8 @@
 //! | `GET /readyz` | NATS is connected and the events stream is there |
 //!
 //! Each request passes, in order: the token (401), the token's rate (429), the body cap (413),
-//! reading and validating every event (400, 415), the token's event types (403), the run's
-//! budget (409), and publishing (503, 507, 502) ([`door`]). Every refusal is a problem document
+//! reading and validating every event (400, 415), the token's event types and sources (403),
+//! the run's budget (409), and publishing (503, 507, 502) ([`door`]). Every refusal is a problem document
 //! ([`problem`]); nothing is published unless every event of the request is valid and allowed.
 
 pub mod door;
@@ -140,20 +140,7 @@ impl Gateway {
         self.pace(&client.name)?;
         let body = self.read_body(&headers, body).await?;
         let intake = intake::read(&headers, &body, &client.name)?;
-        for event in &intake.events {
-            if !client.may_publish(&event.r#type) {
-                return Err(Problem::new(
-                    Kind::ForbiddenType,
-                    format!(
-                        "token {} may not publish {} (it may publish {}); nothing was published",
-                        client.name,
-                        event.r#type,
-                        client.allowed()
-                    ),
-                )
-                .field("type"));
-            }
-        }
+        entitled(&client, &intake)?;
         let published = self.publish(&intake.events).await?;
         for (event, stored) in intake.events.iter().zip(&published) {
             tracing::info!(
@@ -297,6 +284,45 @@ impl Gateway {
             })?;
         Ok(json!({"nats": "connected", "stream": stream}))
     }
+}
+
+/// Whether `client` may publish every event of the request: its type, and its source (the
+/// client's name, or a source it is configured to use). The field at fault is named as the
+/// request wrote it.
+fn entitled(client: &Client, intake: &intake::Intake) -> Result<(), Problem> {
+    for (index, event) in intake.events.iter().enumerate() {
+        let field = |name: &str| match intake.mode {
+            Mode::Batch => format!("[{index}].{name}"),
+            Mode::Binary => format!("ce-{name}"),
+            Mode::Event | Mode::Structured => name.to_string(),
+        };
+        if !client.may_publish(&event.r#type) {
+            return Err(Problem::new(
+                Kind::ForbiddenType,
+                format!(
+                    "token {} may not publish {} (it may publish {}); nothing was published",
+                    client.name,
+                    event.r#type,
+                    client.allowed()
+                ),
+            )
+            .field(field("type")));
+        }
+        if !client.may_claim(&event.source) {
+            return Err(Problem::new(
+                Kind::ForbiddenSource,
+                format!(
+                    "token {} may not publish as source {:?}: its events carry {} \
+                     (CHOREO_GATEWAY_SOURCES gives a token more); nothing was published",
+                    client.name,
+                    event.source,
+                    client.sources()
+                ),
+            )
+            .field(field("source")));
+        }
+    }
+    Ok(())
 }
 
 /// `202` with what was stored: one object, or `{"events": [...]}` for a batch.

@@ -9,6 +9,7 @@
 //! | `unauthorized` | 401 | no bearer token, or one the gateway does not know |
 //! | `bad-signature` | 401 | a GitHub delivery whose X-Hub-Signature-256 does not match |
 //! | `forbidden-type` | 403 | the token may not publish this event type |
+//! | `forbidden-source` | 403 | a CloudEvent claims a `source` the token may not speak for |
 //! | `not-found` | 404 | no such route, or the GitHub webhook is not configured |
 //! | `budget-exhausted` | 409 | the run named by the correlation id has used its budget |
 //! | `body-too-large` | 413 | the body is over the cap, or the event over NATS's max payload |
@@ -48,6 +49,7 @@ pub enum Kind {
     Unauthorized,
     BadSignature,
     ForbiddenType,
+    ForbiddenSource,
     NotFound,
     BudgetExhausted,
     BodyTooLarge,
@@ -66,6 +68,7 @@ impl Kind {
             Kind::Unauthorized => "unauthorized",
             Kind::BadSignature => "bad-signature",
             Kind::ForbiddenType => "forbidden-type",
+            Kind::ForbiddenSource => "forbidden-source",
             Kind::NotFound => "not-found",
             Kind::BudgetExhausted => "budget-exhausted",
             Kind::BodyTooLarge => "body-too-large",
@@ -81,7 +84,7 @@ impl Kind {
         match self {
             Kind::InvalidField | Kind::MalformedBody => StatusCode::BAD_REQUEST,
             Kind::Unauthorized | Kind::BadSignature => StatusCode::UNAUTHORIZED,
-            Kind::ForbiddenType => StatusCode::FORBIDDEN,
+            Kind::ForbiddenType | Kind::ForbiddenSource => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::BudgetExhausted => StatusCode::CONFLICT,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,6 +103,7 @@ impl Kind {
             Kind::Unauthorized => "A valid bearer token is required",
             Kind::BadSignature => "The webhook signature does not match",
             Kind::ForbiddenType => "This token may not publish this event type",
+            Kind::ForbiddenSource => "This token may not publish as this source",
             Kind::NotFound => "Not found",
             Kind::BudgetExhausted => "The run has used its budget",
             Kind::BodyTooLarge => "The body is too large",

@@ -37,6 +37,11 @@ pub struct GatewaySettings {
         default_value = ""
     )]
     pub tokens: SecretString,
+    /// Sources each token's CloudEvents may claim besides the token's name:
+    /// `NAME=SOURCE,SOURCE;NAME=SOURCE`. A source ending in `*` allows every source starting
+    /// with the rest; `*` allows any. Any other source is refused (403 forbidden-source).
+    #[arg(long, env = "CHOREO_GATEWAY_SOURCES", default_value = "")]
+    pub sources: String,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "CHOREO_GATEWAY_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -73,7 +78,12 @@ pub struct GatewaySettings {
     pub max_tokens: Limit,
     /// What one run's model calls may cost, in the agents' price unit; a run past it is
     /// refused at the door.
-    #[arg(long, env = "CHOREO_MAX_COST", value_name = "AMOUNT|off", default_value = "off")]
+    #[arg(
+        long,
+        env = "CHOREO_MAX_COST",
+        value_name = "AMOUNT|off",
+        default_value = "off"
+    )]
     pub max_cost: CostLimit,
 }
 
@@ -113,9 +123,12 @@ impl GatewaySettings {
             .map_err(|err| ValidationError::new("namespace", err.reason))
     }
 
-    /// The configured tokens.
+    /// The configured tokens, with the sources each may claim.
     pub fn tokens(&self) -> Result<Tokens, ValidationError> {
-        self.tokens.expose_secret().parse()
+        self.tokens
+            .expose_secret()
+            .parse::<Tokens>()?
+            .with_sources(&self.sources)
     }
 
     pub fn rate_limit(&self) -> RateLimit {

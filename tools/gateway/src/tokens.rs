@@ -6,6 +6,12 @@
 //! The name is the `source` of the events the token publishes and appears in logs; the token
 //! itself never does.
 //!
+//! A token's events carry its name as their `source`, or a source it is configured to use
+//! ([`Tokens::with_sources`], `CHOREO_GATEWAY_SOURCES`): `NAME=SOURCE,SOURCE;…`, where a source
+//! ending in `*` allows every source that starts with the rest (`https://ci.example.com/*`)
+//! and `*` allows any. A CloudEvent claiming any other source is refused: a token cannot
+//! speak for a system, or an agent, it was not given.
+//!
 //! Tokens are kept as SHA-256 digests and looked up by the digest of what a request presents,
 //! so finding one takes the same time however much of a guess matches.
 
@@ -26,6 +32,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct Client {
     pub name: String,
     allowed: Vec<TypePattern>,
+    /// Sources it may claim besides its name.
+    sources: Vec<SourcePattern>,
 }
 
 impl Client {
@@ -34,6 +42,20 @@ impl Client {
         self.allowed
             .iter()
             .any(|pattern| pattern.matches(event_type))
+    }
+
+    /// Whether this client's events may carry `source`: its own name, or one it is configured
+    /// to use.
+    pub fn may_claim(&self, source: &str) -> bool {
+        source == self.name || self.sources.iter().any(|pattern| pattern.matches(source))
+    }
+
+    /// The sources it may claim as written, its name first, for messages.
+    pub fn sources(&self) -> String {
+        std::iter::once(self.name.clone())
+            .chain(self.sources.iter().map(ToString::to_string))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The allowed types as written, for messages.
@@ -90,6 +112,55 @@ impl FromStr for TypePattern {
     }
 }
 
+/// A source a client may claim: `*`, a prefix (`https://ci.example.com/*`), or exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SourcePattern {
+    Any,
+    Exactly(String),
+    StartingWith(String),
+}
+
+impl SourcePattern {
+    fn matches(&self, source: &str) -> bool {
+        match self {
+            SourcePattern::Any => true,
+            SourcePattern::Exactly(exact) => exact == source,
+            SourcePattern::StartingWith(prefix) => source.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for SourcePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourcePattern::Any => write!(f, "*"),
+            SourcePattern::Exactly(exact) => write!(f, "{exact}"),
+            SourcePattern::StartingWith(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
+impl FromStr for SourcePattern {
+    type Err = ValidationError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(SourcePattern::Any);
+        }
+        let (pattern, exact) = match text.strip_suffix('*') {
+            Some(prefix) => (prefix, false),
+            None => (text, true),
+        };
+        validate_label("sources", pattern)
+            .map_err(|err| ValidationError::new("sources", format!("{text:?} {}", err.reason)))?;
+        Ok(if exact {
+            SourcePattern::Exactly(pattern.to_string())
+        } else {
+            SourcePattern::StartingWith(pattern.to_string())
+        })
+    }
+}
+
 /// The configured tokens.
 #[derive(Clone, Default)]
 pub struct Tokens {
@@ -110,6 +181,48 @@ impl Tokens {
     pub fn clients(&self) -> impl Iterator<Item = &Arc<Client>> {
         self.by_digest.values()
     }
+
+    /// Gives clients sources they may claim besides their names, written
+    /// `NAME=SOURCE,SOURCE;NAME=SOURCE` (entries separated by `;` or new lines). A name that is
+    /// no client's is refused: it is a typo, and its sources would go nowhere.
+    pub fn with_sources(mut self, text: &str) -> Result<Self, ValidationError> {
+        for (index, entry) in text
+            .split([';', '\n'])
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .enumerate()
+        {
+            let invalid = |why: String| {
+                ValidationError::new(
+                    "sources",
+                    format!(
+                        "entry {} {why}; write NAME=SOURCE,SOURCE (entries separated by ;)",
+                        index + 1
+                    ),
+                )
+            };
+            let (name, sources) = entry
+                .split_once('=')
+                .ok_or_else(|| invalid("has no '='".into()))?;
+            let name = name.trim();
+            let patterns = sources
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(SourcePattern::from_str)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| invalid(format!("({name}) allows a bad source: {}", err.reason)))?;
+            if patterns.is_empty() {
+                return Err(invalid(format!("({name}) names no source")));
+            }
+            let client = self
+                .by_digest
+                .values_mut()
+                .find(|client| client.name == name)
+                .ok_or_else(|| invalid(format!("names {name}, which is no token's name")))?;
+            Arc::make_mut(client).sources.extend(patterns);
+        }
+        Ok(self)
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -122,7 +235,14 @@ impl fmt::Debug for Tokens {
         let mut clients: Vec<_> = self
             .by_digest
             .values()
-            .map(|client| format!("{}:{}", client.name, client.allowed()))
+            .map(|client| {
+                format!(
+                    "{}:{} as {}",
+                    client.name,
+                    client.allowed(),
+                    client.sources()
+                )
+            })
             .collect();
         clients.sort();
         f.debug_list().entries(clients).finish()
@@ -183,6 +303,7 @@ impl FromStr for Tokens {
             let client = Arc::new(Client {
                 name: name.to_string(),
                 allowed,
+                sources: Vec::new(),
             });
             if tokens.by_digest.insert(digest(token), client).is_some() {
                 return Err(invalid(format!("({name}) reuses another entry's token")));
@@ -219,6 +340,42 @@ mod tests {
             "a prefix is not the token"
         );
         assert!(tokens.client("").is_none());
+    }
+
+    #[test]
+    fn a_token_claims_its_name_or_the_sources_it_is_given() {
+        let tokens: Tokens = format!("ci={CI}:*;ops={OPS}:*").parse().expect("valid");
+        let tokens = tokens
+            .with_sources("ci = https://ci.example.com/*, buildkite ;\nops=*")
+            .expect("valid");
+        let ci = tokens.client(CI).expect("ci");
+        assert!(ci.may_claim("ci"));
+        assert!(ci.may_claim("https://ci.example.com/jobs/7"));
+        assert!(ci.may_claim("buildkite"));
+        assert!(!ci.may_claim("buildkite-2"), "exactly, without a star");
+        assert!(!ci.may_claim("github"));
+        assert!(!ci.may_claim("triage"), "nor an agent's name");
+        assert_eq!(ci.sources(), "ci, https://ci.example.com/*, buildkite");
+        assert!(tokens.client(OPS).expect("ops").may_claim("anything"));
+
+        let plain: Tokens = format!("ci={CI}:*").parse().expect("valid");
+        let ci = plain.client(CI).expect("ci");
+        assert!(ci.may_claim("ci") && !ci.may_claim("github"));
+
+        for (text, says) in [
+            ("ci", "has no '='"),
+            ("nobody=x", "no token's name"),
+            ("ci=", "names no source"),
+            ("ci=a\u{7}b", "control characters"),
+        ] {
+            let err = format!("ci={CI}:*")
+                .parse::<Tokens>()
+                .expect("valid")
+                .with_sources(text)
+                .expect_err(text);
+            assert_eq!(err.field, "sources");
+            assert!(err.reason.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -20,8 +20,9 @@ const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
 const SECRET: &str = "webhook-secret-for-tests";
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-/// A gateway serving `bus` on a random port, with `ci` allowed `review.*` and `build.*`, `ops`
-/// allowed everything, and `extra` settings on top.
+/// A gateway serving `bus` on a random port, with `ci` allowed `review.*` and `build.*` as
+/// sources `ci`, `ci/…` and `sensor/…`, `ops` allowed everything as `ops`, and `extra` settings
+/// on top.
 struct Door {
     url: String,
     http: reqwest::Client,
@@ -39,6 +40,8 @@ impl Door {
             SECRET,
             "--publish-timeout",
             "2s",
+            "--sources",
+            "ci=ci/*,sensor/*",
         ];
         args.extend_from_slice(extra);
         let settings = Settings::try_parse_from(args).expect("settings");
@@ -706,4 +709,174 @@ async fn metrics_count_requests_by_status_and_the_events_stored() {
         text.contains("choreo_gateway_request_duration_seconds_bucket"),
         "{text}"
     );
+}
+
+/// A token speaks for its own name and the sources it is given, nothing else: a CloudEvent
+/// claiming another source (another system, an agent) is refused 403 naming the field as the
+/// request wrote it, in every content mode, and nothing is published.
+#[tokio::test]
+async fn a_cloudevent_claiming_a_source_its_token_was_not_given_is_refused() {
+    let bus = Bus::start().await.expect("bus");
+    let door = Door::open(&bus, &[]).await;
+    let document = |id: &str, source: &str| json!({"specversion": "1.0", "id": id, "source": source, "type": "build.step"});
+
+    for spoofed in ["github", "triage", "cix"] {
+        let response = door
+            .send(
+                "application/cloudevents+json",
+                document("spoof", spoofed).to_string(),
+            )
+            .await;
+        let (status, problem) = answer(response).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{spoofed}: {problem}");
+        assert_eq!(problem["type"], "urn:choreo:problem:forbidden-source");
+        assert_eq!(problem["field"], "source");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("{spoofed:?}")) && detail.contains("ci, ci/*, sensor/*"),
+            "{detail}"
+        );
+    }
+    let binary = door
+        .post("/v1/events", Some(CI_TOKEN))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "spoof-binary")
+        .header("ce-source", "github")
+        .header("ce-type", "build.step")
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = answer(binary).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(problem["field"], "ce-source");
+    let batch = json!([document("fine", "ci/job-1"), document("spoof", "github")]);
+    let (status, problem) = answer(
+        door.send("application/cloudevents-batch+json", batch.to_string())
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(problem["field"], "[1].source");
+    // ops was given no sources: only its own name.
+    let response = door
+        .post("/v1/events", Some(OPS_TOKEN))
+        .header("content-type", "application/cloudevents+json")
+        .body(document("ops-as-ci", "ci").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(response).await.0, StatusCode::FORBIDDEN);
+    assert!(stored(&bus).await.is_empty(), "nothing published");
+
+    for (id, source) in [("own-name", "ci"), ("given", "sensor/7")] {
+        let response = door
+            .send(
+                "application/cloudevents+json",
+                document(id, source).to_string(),
+            )
+            .await;
+        assert_eq!(answer(response).await.0, StatusCode::ACCEPTED, "{source}");
+    }
+    assert_eq!(stored(&bus).await.len(), 2);
+}
+
+/// The CloudEvents attributes `subject` and `dataschema`, sent to the gateway structured and
+/// binary, come back out of `choreo replay --json` and `choreo tail --json` as they went in.
+#[tokio::test]
+async fn subject_and_dataschema_round_trip_to_choreo_tail_and_replay() {
+    const SCHEMA: &str = "https://example.com/schemas/build-step.json";
+    let bus = Bus::start().await.expect("bus");
+    let door = Door::open(&bus, &[]).await;
+    let structured = json!({
+        "specversion": "1.0", "id": "with-subject", "source": "ci", "type": "build.step",
+        "correlationid": "run-ce", "subject": "crates/bus", "dataschema": SCHEMA,
+        "data": {"n": 1}
+    });
+    let (status, body) = answer(
+        door.send("application/cloudevents+json", structured.to_string())
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let response = door
+        .post("/v1/events", Some(CI_TOKEN))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "with-subject-binary")
+        .header("ce-source", "ci")
+        .header("ce-type", "build.step")
+        .header("ce-correlationid", "run-ce")
+        .header("ce-subject", "crates/gateway%20tests")
+        .header("ce-dataschema", SCHEMA)
+        .header("content-type", "application/json")
+        .body(r#"{"n": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(response).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, problem) = answer(
+        door.send(
+            "application/cloudevents+json",
+            json!({"specversion": "1.0", "id": "bad-schema", "source": "ci",
+                   "type": "build.step", "dataschema": "not a uri"})
+            .to_string(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["field"], "dataschema");
+
+    let expected = [
+        ("with-subject", "crates/bus"),
+        ("with-subject-binary", "crates/gateway tests"),
+    ];
+    let check = |lines: &[Value], command: &str| {
+        for (id, subject) in expected {
+            let line = lines
+                .iter()
+                .find(|line| line["id"] == id)
+                .unwrap_or_else(|| panic!("{command}: no {id} in {lines:?}"));
+            assert_eq!(line["subject"], subject, "{command}: {line}");
+            assert_eq!(line["dataschema"], SCHEMA, "{command}: {line}");
+        }
+    };
+    let choreo = choreo_local_nats::process::sibling_binary("choreo")
+        .expect("the choreo binary, built beside the tests (scripts/test builds it)");
+    let replay = tokio::process::Command::new(&choreo)
+        .args(["replay", "--json", "--correlation", "run-ce"])
+        .env("NATS_URL", bus.server.url())
+        .output()
+        .await
+        .expect("choreo replay runs");
+    assert!(replay.status.success(), "{replay:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    check(&lines, "replay");
+
+    let mut tail = tokio::process::Command::new(&choreo)
+        .args(["tail", "--json", "--correlation", "run-ce", "--since", "1h"])
+        .env("NATS_URL", bus.server.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("choreo tail starts");
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().expect("stdout"));
+    let mut lines = Vec::new();
+    while lines.len() < expected.len() {
+        let mut line = String::new();
+        tokio::time::timeout(
+            choreo_testkit::PATIENCE,
+            tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+        )
+        .await
+        .expect("tail prints the stored events")
+        .expect("reads");
+        lines.push(serde_json::from_str::<Value>(&line).expect("a JSON line"));
+    }
+    check(&lines, "tail");
+    tail.kill().await.expect("tail stops");
 }
