@@ -312,9 +312,14 @@ pub(crate) fn consumer_span(span: &tracing::Span, agent: &str, event: &Event, su
     if let Some(traceparent) = TraceParent::parse(&event.traceparent) {
         let _ = span.set_parent(remote_context(&traceparent));
     }
-    for attribute in message_attributes(event, subject) {
-        span.set_attribute(attribute.key, attribute.value);
-    }
+    // The span's own fields already carry the type, source-side ids and depth.
+    span.set_attribute("messaging.system", "nats");
+    span.set_attribute("messaging.destination.name", subject.to_string());
+    span.set_attribute("messaging.message.id", event.id.clone());
+    span.set_attribute(
+        "messaging.message.conversation_id",
+        event.correlation_id.clone(),
+    );
     span.set_attribute("messaging.operation.type", "process");
     span.set_attribute("messaging.consumer.group.name", agent.to_string());
 }

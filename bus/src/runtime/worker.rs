@@ -168,11 +168,13 @@ impl<H: Handler> Worker<H> {
         };
         let span = info_span!(
             "handle",
-            agent = %self.agent.name(),
-            event_id = %event.id,
-            event_type = %event.r#type,
-            correlation_id = %event.correlation_id,
-            causation_id = %event.causation_id,
+            // Strings, not `%` (Display): a trace exporter then copies them rather than
+            // formatting each one.
+            agent = self.agent.name().as_str(),
+            event_id = event.id.as_str(),
+            event_type = event.r#type.as_str(),
+            correlation_id = event.correlation_id.as_str(),
+            causation_id = event.causation_id.as_str(),
             depth = event.depth,
             delivery = facts.delivered,
             otel.name = tracing::field::Empty,
