@@ -246,6 +246,20 @@ fn remote_context(traceparent: &TraceParent) -> Context {
     ))
 }
 
+/// Whether `traceparent`'s span is `event`'s own (as the envelope derives it), rather than a
+/// caller's that the event continues.
+fn names_event(traceparent: &TraceParent, event: &Event) -> bool {
+    if event.causation_id.is_empty() {
+        let from_uuid = uuid::Uuid::parse_str(&event.id)
+            .ok()
+            .map(|uuid| TraceParent::root_from_uuid(&uuid).span_id);
+        from_uuid == Some(traceparent.span_id)
+            || TraceParent::root_for(&event.id).span_id == traceparent.span_id
+    } else {
+        traceparent.child_for(&event.id).span_id == traceparent.span_id
+    }
+}
+
 /// The messaging attributes of `event` on `subject`.
 fn message_attributes(event: &Event, subject: &str) -> Vec<KeyValue> {
     vec![
@@ -277,9 +291,19 @@ pub(crate) fn producer_span(
     let tracer = TRACER.get()?;
     let parent = tracing::Span::current().context();
     let traceparent = TraceParent::parse(&event.traceparent);
+    // A root whose publisher gave its own traceparent: the publishing hangs under the
+    // caller's span, and so do the handlings (they name the caller's span as parent).
+    let parent = match traceparent {
+        Some(tp) if !names_event(&tp, event) && !parent.span().span_context().is_valid() => {
+            remote_context(&tp)
+        }
+        _ => parent,
+    };
     let parent_trace = parent.span().span_context().trace_id();
     let chosen = traceparent.filter(|tp| {
-        parent_trace == TraceId::INVALID || parent_trace == TraceId::from_bytes(tp.trace_id)
+        names_event(tp, event)
+            && (parent_trace == TraceId::INVALID
+                || parent_trace == TraceId::from_bytes(tp.trace_id))
     });
     let mut attributes = message_attributes(event, subject);
     attributes.extend([
@@ -294,7 +318,12 @@ pub(crate) fn producer_span(
         .span_builder(format!("publish {}", event.r#type))
         .with_kind(SpanKind::Producer)
         .with_attributes(attributes);
-    CHOSEN_IDS.set(chosen.map(|tp| (TraceId::from_bytes(tp.trace_id), SpanId::from_bytes(tp.span_id))));
+    CHOSEN_IDS.set(chosen.map(|tp| {
+        (
+            TraceId::from_bytes(tp.trace_id),
+            SpanId::from_bytes(tp.span_id),
+        )
+    }));
     let span = tracer.build_with_context(builder, &parent);
     CHOSEN_IDS.set(None);
     Some(span)
@@ -322,4 +351,43 @@ pub(crate) fn consumer_span(span: &tracing::Span, agent: &str, event: &Event, su
     );
     span.set_attribute("messaging.operation.type", "process");
     span.set_attribute("messaging.consumer.group.name", agent.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Emit, RootEvent, stamp_child};
+    use crate::names::{AgentName, EventType};
+
+    fn emit() -> Emit {
+        Emit::new(
+            EventType::new("a.b").expect("type"),
+            "text/plain",
+            "x".into(),
+        )
+    }
+
+    #[test]
+    fn an_events_own_span_is_told_from_a_callers() {
+        let root = RootEvent::new(emit(), "cli").into_event().expect("valid");
+        let own = |event: &Event| {
+            names_event(&TraceParent::parse(&event.traceparent).expect("tp"), event)
+        };
+        assert!(own(&root), "a generated root's traceparent names it");
+        let keyed = RootEvent::new(emit(), "cli")
+            .with_id("order-7")
+            .into_event()
+            .expect("valid");
+        assert!(own(&keyed), "so does one of a caller's id");
+        let child = stamp_child(&root, &AgentName::new("agent").expect("name"), 0, emit());
+        assert!(own(&child), "a child's traceparent names the child");
+        let continued = RootEvent::new(emit(), "gateway")
+            .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .into_event()
+            .expect("valid");
+        assert!(
+            !own(&continued),
+            "a caller's traceparent names the caller's span"
+        );
+    }
 }
