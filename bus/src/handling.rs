@@ -332,8 +332,8 @@ mod tests {
             headers::SPEND => Some(spend_json.as_str()),
             _ => None,
         };
-        let record = HandlingRecord::from_child_headers("security", stored, header)
-            .expect("a record");
+        let record =
+            HandlingRecord::from_child_headers("security", stored, header).expect("a record");
         assert_eq!(record.agent, "security");
         assert_eq!(record.took, Duration::from_millis(9500));
         assert_eq!(

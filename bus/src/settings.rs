@@ -462,9 +462,11 @@ impl fmt::Display for GuardsConfig {
             limit(self.cycle.map(|c| u64::from(c.max_visits))),
             limit(self.budget.max_events),
             limit(self.budget.max_tokens),
-            self.budget.max_cost_micros.map_or("off".to_string(), |micros| {
-                crate::guard::BudgetKind::Cost.amount(micros)
-            }),
+            self.budget
+                .max_cost_micros
+                .map_or("off".to_string(), |micros| {
+                    crate::guard::BudgetKind::Cost.amount(micros)
+                }),
             self.handle_rate
                 .map_or("off".to_string(), |r| r.to_string()),
         )?;

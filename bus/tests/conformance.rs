@@ -1237,8 +1237,10 @@ async fn a_runs_cost_budget_stops_its_publishing_once_passed() -> anyhow::Result
             config,
         )
         .await?;
-    bus.publish("in.put", json!("first"), Some("run-cost")).await?;
-    bus.publish("in.put", json!("second"), Some("run-cost")).await?;
+    bus.publish("in.put", json!("first"), Some("run-cost"))
+        .await?;
+    bus.publish("in.put", json!("second"), Some("run-cost"))
+        .await?;
     bus.publish("in.put", json!("elsewhere"), Some("run-other"))
         .await?;
     wait_until_drained(&bus, "spender").await?;
@@ -1253,7 +1255,9 @@ async fn a_runs_cost_budget_stops_its_publishing_once_passed() -> anyhow::Result
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "budget_exhausted");
     assert!(
-        letters[0].error.contains("cost budget (0.008000 of 0.005000)"),
+        letters[0]
+            .error
+            .contains("cost budget (0.008000 of 0.005000)"),
         "{}",
         letters[0].error
     );

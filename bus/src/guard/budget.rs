@@ -153,7 +153,10 @@ impl RunBudget {
         let Some(limit) = self.budget.limits.max_cost_micros else {
             return Ok(None);
         };
-        let used = self.budget.read(&self.correlation, BudgetKind::Cost).await?;
+        let used = self
+            .budget
+            .read(&self.correlation, BudgetKind::Cost)
+            .await?;
         Ok(Some(limit.saturating_sub(used)))
     }
 

@@ -20,8 +20,8 @@ use crate::dead_letter::{DeadLetterReason, DeadLetterWriter, Original, REDRIVE_F
 use crate::envelope::{self, Emit, stamp_child};
 use crate::guard::{BreakerState, BudgetError, CircuitBreaker, Guards, Stop};
 use crate::handling::{ChildHeaders, HANDLED, HandlingEnd, HandlingNotice, Spend, SpendMeter};
-use crate::names::EventType;
 use crate::metrics::AgentMetrics;
+use crate::names::EventType;
 use crate::publish::{PublishError, Publisher};
 
 use super::agent::{Agent, Handler, HandlerError, Incoming};
@@ -401,10 +401,12 @@ impl<H: Handler> Worker<H> {
         outcome: &Outcome,
     ) {
         let (end, error) = match outcome {
-            Outcome::Handled { result: Ok(emits), .. } if emits.is_empty() => {
-                (HandlingEnd::EmittedNothing, String::new())
-            }
-            Outcome::Handled { result: Err(err), .. } => (HandlingEnd::Failed, err.to_string()),
+            Outcome::Handled {
+                result: Ok(emits), ..
+            } if emits.is_empty() => (HandlingEnd::EmittedNothing, String::new()),
+            Outcome::Handled {
+                result: Err(err), ..
+            } => (HandlingEnd::Failed, err.to_string()),
             Outcome::TimedOut(limit) => (
                 HandlingEnd::TimedOut,
                 format!("cancelled after {}", humantime::format_duration(*limit)),
@@ -429,10 +431,11 @@ impl<H: Handler> Worker<H> {
             spend: ran.spend.clone(),
         };
         let stored = async {
-            let emit = Emit::json(EventType::new(HANDLED)?, &notice)
-                .map_err(|err| crate::PublishError::Refused {
+            let emit = Emit::json(EventType::new(HANDLED)?, &notice).map_err(|err| {
+                crate::PublishError::Refused {
                     detail: format!("cannot encode the handling notice: {err}"),
-                })?;
+                }
+            })?;
             let delivery = facts.delivered.to_be_bytes();
             let sequence = facts.stream_sequence.to_be_bytes();
             let parts: [&[u8]; 5] = [
