@@ -539,6 +539,22 @@ mod tests {
     }
 
     #[test]
+    fn a_root_always_has_a_time_the_callers_or_now() {
+        let before = SystemTime::now();
+        let now = root().time.expect("a root without a time is never built");
+        assert!(
+            SystemTime::try_from(now).expect("a valid time")
+                >= before - std::time::Duration::from_secs(1)
+        );
+        let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let given = RootEvent::new(Emit::json(ty("a.b"), &1).expect("json"), "ci")
+            .with_time(then)
+            .into_event()
+            .expect("valid");
+        assert_eq!(given.time, Some(then.into()));
+    }
+
+    #[test]
     fn a_generated_id_is_a_uuid_v7_of_the_event_time() {
         let event = root();
         let time = event.time.expect("a time");
