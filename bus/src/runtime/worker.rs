@@ -148,6 +148,14 @@ impl<H: Handler> Worker<H> {
                 )
                 .await;
         }
+        // What the wire contract refuses (docs/wire-contract.md) is never handled as either the
+        // run or the type it claims.
+        if let Err(refused) = envelope::contract::check(message.subject.as_str(), &message.payload)
+        {
+            return self
+                .settle(&message, lease, original, &facts, refused.into(), None)
+                .await;
+        }
         let event = match envelope::decode(message.payload.clone()) {
             // An envelope without a time (a client in another language that left it out) takes
             // the time the stream stored it: the same on every delivery, so the ids of its

@@ -206,7 +206,7 @@ pub fn tree(trace: &RunTrace, verbose: bool) -> String {
         );
         let pad = " ".repeat(11 + level * 3);
         for handling in &node.handlings {
-            let _ = writeln!(out, "{pad}⏵ {}", handling_text(trace, handling));
+            let _ = writeln!(out, "{pad}▸ {}", handling_text(trace, handling));
         }
         if verbose {
             let _ = writeln!(out, "{pad}id {}  data {}", node.event.id, payload(node));
@@ -416,12 +416,21 @@ pub fn svg(trace: &RunTrace) -> String {
                 let color = handling_color(handling);
                 let _ = writeln!(
                     svg,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#444\" font-size=\"11\">⏵ {} · {} · {:.1} ms</text>",
+                    "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#444\" font-size=\"11\">▸ {} · {} · {:.1} ms{}</text>",
                     x + 14.0,
                     y + 4.0,
                     escape(&handling.agent),
                     escape(&handling.end.replace('_', " ")),
-                    handling.took.as_secs_f64() * 1000.0
+                    handling.took.as_secs_f64() * 1000.0,
+                    if handling.spend.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " · {} tokens, cost {:.6}",
+                            handling.spend.tokens(),
+                            handling.spend.cost
+                        )
+                    }
                 );
                 let received = offset_ms(trace, handling.received);
                 let done = offset_ms(trace, handling.done).max(received);

@@ -177,20 +177,22 @@ async fn publish_then_trace_shows_a_three_hop_run_with_its_dead_letter() -> anyh
     let text = stdout(&tree);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].contains("3 events, 1 dead-lettered"), "{text}");
+    // Each event, then each agent's handling of it, then (verbose) its id and payload.
+    let line = |needle: &str| {
+        lines
+            .iter()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("a line with {needle:?} in\n{text}"))
+    };
+    let root = line("a.requested  [cli]  depth 0  → handled by relay-a");
+    let relay_a = line("▸ relay-a emitted: received +");
+    let b = line("└─ b.done  [relay-a]  depth 1  → handled by relay-b");
+    let c = line("└─ c.done  [relay-b]  depth 2  → DEAD-LETTERED by sink: handler_rejected (the sink is broken)");
+    let sink = line("▸ sink failed: received +");
+    assert!(root < relay_a && relay_a < b && b < c && c < sink, "{text}");
+    assert!(lines[sink].contains("(the sink is broken)"), "{text}");
     assert!(
-        lines[1].contains("a.requested  [cli]  depth 0  → handled by relay-a"),
-        "{text}"
-    );
-    assert!(
-        lines[3].contains("└─ b.done  [relay-a]  depth 1  → handled by relay-b"),
-        "{text}"
-    );
-    assert!(
-        lines[5].contains("└─ c.done  [relay-b]  depth 2  → DEAD-LETTERED by sink: handler_rejected (the sink is broken)"),
-        "{text}"
-    );
-    assert!(
-        lines[2].contains(r#"data {"x":1}"#),
+        text.contains(r#"data {"x":1}"#),
         "--verbose prints the payload: {text}"
     );
 
@@ -198,7 +200,11 @@ async fn publish_then_trace_shows_a_three_hop_run_with_its_dead_letter() -> anyh
     expect_code(&json, 0);
     let document: Value = serde_json::from_str(&stdout(&json))?;
     assert_eq!(document["nodes"].as_array().map(Vec::len), Some(3));
-    assert_eq!(document["messages_read"], 4, "three events and the notice");
+    assert_eq!(
+        document["messages_read"], 5,
+        "three events, the dead letter's notice and the failed handling's"
+    );
+    assert_eq!(document["nodes"][2]["handlings"][0]["end"], "failed");
     assert_eq!(document["nodes"][2]["dead_letters"][0]["agent"], "sink");
 
     let mermaid = stdout(&choreo(&bus, &["trace", "run-1", "--format", "mermaid"]).await?);
@@ -229,6 +235,12 @@ async fn publish_then_trace_shows_a_three_hop_run_with_its_dead_letter() -> anyh
     expect_code(&html, 0);
     let page = std::fs::read_to_string(&page)?;
     assert!(page.contains("<svg") && page.contains("c.done") && page.contains("handler_rejected"));
+    for agent in ["relay-a", "relay-b", "sink"] {
+        assert!(
+            page.contains(&format!("<g class=\"handling\" data-agent=\"{agent}\">")),
+            "a bar for {agent}'s handling"
+        );
+    }
     assert!(
         !page.contains("<script") && !page.contains("src=\"http"),
         "self-contained"
