@@ -283,13 +283,18 @@ impl RunTrace {
                 undecodable,
             });
         }
+        // An agent that published children handled the event, and one that dead-lettered it
+        // gave up on it: neither merely acknowledged it.
         for TraceNode {
             handled_by,
             acknowledged_by,
+            dead_letters,
             ..
         } in &mut trace.nodes
         {
-            acknowledged_by.retain(|agent| !handled_by.contains(agent));
+            acknowledged_by.retain(|agent| {
+                !handled_by.contains(agent) && !dead_letters.iter().any(|l| &l.agent == agent)
+            });
         }
         trace
     }
@@ -403,6 +408,11 @@ mod tests {
                 filters: vec!["events.*.b.done".into()],
                 ack_floor: 1,
             },
+            AgentPosition {
+                agent: "sink".into(),
+                filters: vec!["events.*.c.done".into()],
+                ack_floor: 4,
+            },
         ];
         let trace = RunTrace::from_records(&ns, "run-1", &records, &agents);
 
@@ -427,6 +437,10 @@ mod tests {
             BTreeSet::from(["late".to_string()])
         );
         assert_eq!(trace.nodes[2].dead_letters, vec![notice]);
+        assert!(
+            trace.nodes[2].acknowledged_by.is_empty(),
+            "the sink gave up on it; it did not merely acknowledge it"
+        );
         assert_eq!(trace.nodes[2].offset, Duration::from_millis(20));
         assert_eq!(trace.dead_letter_count(), 1);
     }
