@@ -58,7 +58,8 @@ pub struct Folded<P> {
     /// Records applied by this rebuild (not counting what the snapshot held).
     #[serde(skip)]
     pub applied: u64,
-    /// Records in the log that were not events (bytes that never decoded).
+    /// Records in the log that were not events of a run: bytes that never decoded, and
+    /// envelopes whose run disagrees with their subject.
     #[serde(skip)]
     pub undecodable: u64,
     /// Whether the rebuild started from a snapshot.
@@ -74,6 +75,12 @@ impl<P: Projection> Folded<P> {
             return;
         }
         match record.view() {
+            // An envelope whose run disagrees with its subject breaks the wire contract: the
+            // runtime dead-letters it into the subject's run, and it is no event of the run
+            // its body names.
+            Ok(event) if !in_its_run(record.subject.as_str(), event.correlation_id) => {
+                self.undecodable += 1;
+            }
             Ok(event) => {
                 self.state.apply(&event, record);
                 self.applied += 1;
@@ -85,6 +92,11 @@ impl<P: Projection> Folded<P> {
             time: Some(record.time),
         };
     }
+}
+
+/// Whether `subject` (`<ns>.<correlation>.<type…>`) names run `correlation_id`.
+fn in_its_run(subject: &str, correlation_id: &str) -> bool {
+    subject.split('.').nth(1) == Some(correlation_id)
 }
 
 /// Which state to compute.

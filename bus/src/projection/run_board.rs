@@ -653,6 +653,19 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_whose_run_disagrees_with_its_subject_is_no_event_of_either() {
+        let mut board = Folded::<RunBoard>::default();
+        board.apply(&record(1, &root("run-a")));
+        let mut stray = record(2, &root("run-b"));
+        stray.subject = "events.run-a.count.requested".into();
+        board.apply(&stray);
+
+        assert!(board.state.run("run-b").is_none(), "not counted in the body's run");
+        assert_eq!(board.state.run("run-a").map(|run| run.events), Some(1));
+        assert_eq!(board.undecodable, 1);
+    }
+
+    #[test]
     fn a_run_adds_up_what_its_handlings_cost_once_each() {
         use crate::handling::{ChildHeaders, HANDLED, HandlingEnd, HandlingNotice, Spend};
         use std::time::{Duration, SystemTime};
