@@ -5,6 +5,7 @@
 //! The bus's conformance suite (`bus/tests/`) and the multi-agent and fault tests in this
 //! directory share it.
 
+pub mod cli;
 pub mod compose;
 pub mod http;
 pub mod metrics;

@@ -88,3 +88,12 @@ impl EventFilter {
         }
     }
 }
+
+/// `text` safe inside HTML text and attribute values, for the pages written by hand (`trace
+/// --format html`, `graph --format html`).
+pub fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

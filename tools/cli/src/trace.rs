@@ -10,6 +10,7 @@ use choreo_bus::trace::{RunTrace, TraceNode};
 
 use crate::Failure;
 use crate::connection::Connection;
+use crate::render::escape_html as escape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -282,12 +283,6 @@ pub fn dot(trace: &RunTrace) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// A row of the page: an event, or one agent's handling of the event above it.
 enum Row<'a> {

@@ -34,15 +34,8 @@ struct Run {
 
 /// Runs `choreo ARGS` with `NATS_URL` naming every server of the cluster.
 async fn choreo(urls: &str, args: Vec<String>) -> anyhow::Result<Output> {
-    let urls = urls.to_string();
-    Ok(tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
-            .args(&args)
-            .env("NATS_URL", urls)
-            .env_remove("CHOREO_NAMESPACE")
-            .output()
-    })
-    .await??)
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    choreo_testkit::cli::choreo(urls, &args).await
 }
 
 /// Publishes `ids` in order with `choreo publish`, each until it exits 0, stopping at the first

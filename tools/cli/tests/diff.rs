@@ -96,15 +96,7 @@ fn replayed(root: &Event) -> Event {
 }
 
 async fn choreo_diff(bus: &Bus, a: &str, b: &str) -> anyhow::Result<Output> {
-    let (url, a, b) = (bus.server.url(), a.to_string(), b.to_string());
-    Ok(tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
-            .args(["diff", &a, &b])
-            .env("NATS_URL", url)
-            .env_remove("CHOREO_NAMESPACE")
-            .output()
-    })
-    .await??)
+    choreo_testkit::cli::choreo(&bus.server.url(), &["diff", a, b]).await
 }
 
 /// The lines that name a difference.

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use choreo_bus::manifest::Manifest;
 use choreo_local_nats::process::sibling_binary;
+use choreo_testkit::cli::{expect_code, stderr, stdout};
 use choreo_testkit::team::TEAM;
 
 fn fixture(path: &str) -> PathBuf {
@@ -19,16 +20,10 @@ fn fixture(path: &str) -> PathBuf {
 }
 
 /// A command with none of the settings an operator's shell might leak into what it prints.
+/// `program` with none of the test environment's settings; nothing listens at its server: a
+/// manifest must not need one.
 fn clean(program: &Path) -> Command {
-    let mut command = Command::new(program);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("CHOREO_") || name.starts_with("NATS_") {
-            command.env_remove(name);
-        }
-    }
-    // Nothing listens there: a manifest must not need a server.
-    command.env("NATS_URL", "nats://127.0.0.1:1");
-    command
+    choreo_testkit::cli::clean_command(program, "nats://127.0.0.1:1")
 }
 
 fn choreo(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -52,25 +47,6 @@ fn choreo_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
         .write_all(stdin)
         .expect("written");
     child.wait_with_output().expect("choreo runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-#[track_caller]
-fn expect_code(output: &Output, code: i32) {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
 }
 
 /// The folder of the agent binaries, which must be `choreo`'s.

@@ -12,44 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use choreo_bus::dead_letter::DEAD_LETTERED;
 use choreo_bus::projection::{Projection as _, run_board::RunBoard};
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, Namespace, RuntimeConfig, handler_fn};
+use choreo_testkit::cli::{choreo as choreo_at, expect_code, stderr, stdout};
 use choreo_testkit::{Bus, Running, event_type, quick_config, wait_until};
 use serde_json::{Value, json};
 
 /// Runs `choreo ARGS` against `bus` and returns what it did.
 async fn choreo(bus: &Bus, args: &[&str]) -> anyhow::Result<Output> {
     choreo_at(&bus.server.url(), args).await
-}
-
-async fn choreo_at(url: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let url = url.to_string();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    Ok(tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
-            .args(&args)
-            .env("NATS_URL", url)
-            .env_remove("CHOREO_NAMESPACE")
-            .output()
-    })
-    .await??)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Fails the test with the command's output unless it exited with `code`.
-fn expect_code(output: &Output, code: i32) {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
 }
 
 /// Three agents in a line: `a.requested` → relay-a → `b.done` → relay-b → `c.done` → sink →

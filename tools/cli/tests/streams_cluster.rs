@@ -19,19 +19,7 @@ const STREAMS: [&str; 4] = ["EVENTS", "DEADLETTERS", "BUDGETS", "KV_CHOREO_SNAPS
 /// Runs `choreo ARGS` with `NATS_URL` naming every server of the cluster, and none of the
 /// streams' settings from the environment the tests run in.
 async fn choreo(cluster: &NatsCluster, args: &[&str]) -> anyhow::Result<Output> {
-    let urls = cluster.url_list();
-    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
-    Ok(tokio::task::spawn_blocking(move || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"));
-        command.args(&args).env("NATS_URL", urls);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CHOREO_") {
-                command.env_remove(name);
-            }
-        }
-        command.output()
-    })
-    .await??)
+    choreo_testkit::cli::choreo(&cluster.url_list(), args).await
 }
 
 fn stdout(output: &Output) -> String {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use choreo_bus::manifest::Manifest;
 
 use super::analysis::{Analysis, Bound, Guard, Hop, Loop, TypeNode, label};
+use crate::render::escape_html as escape;
 
 /// Loops of one component printed in the text report and the page.
 const CYCLES_SHOWN: usize = 8;
@@ -443,12 +444,6 @@ fn dot_escape(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// Where each node is drawn: columns by longest path from the entry points (edges that close
 /// a loop left out), rows ordered to put a node near what feeds it.
