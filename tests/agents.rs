@@ -7,22 +7,17 @@
 
 use std::time::Duration;
 
-use choreo_local_nats::process::sibling_binary;
 use choreo_testkit::team::{TEAM, Team};
 use choreo_testkit::{Bus, wait_until};
 use serde_json::Value;
 
 /// `choreo agents --json` against the test's server, parsed.
 async fn agents(bus: &Bus) -> anyhow::Result<Vec<Value>> {
-    let output = tokio::process::Command::new(sibling_binary("choreo")?)
-        .args(["agents", "--json"])
-        .env("NATS_URL", bus.server.url())
-        .output()
-        .await?;
+    let output = choreo_testkit::cli::choreo(&bus.server.url(), &["agents", "--json"]).await?;
     anyhow::ensure!(
         output.status.success(),
         "choreo agents: {}",
-        String::from_utf8_lossy(&output.stderr)
+        choreo_testkit::cli::stderr(&output)
     );
     Ok(serde_json::from_slice(&output.stdout)?)
 }

@@ -12,6 +12,7 @@ use choreo_bus::envelope::TraceParent;
 use choreo_local_nats::process::sibling_binary;
 use choreo_review::events::{DELIVERED, REQUESTED};
 use choreo_review::samples::refunds_request;
+use choreo_testkit::cli::{clean_command, stderr};
 use choreo_testkit::http::{chat_answer, loopback, serve};
 use choreo_testkit::team::{TEAM, Team};
 use choreo_testkit::{Bus, wait_until, workspace_root};
@@ -112,18 +113,17 @@ async fn receiver(address: std::net::SocketAddr) -> anyhow::Result<(String, Span
 async fn review_from_the_cli(bus: &Bus, id: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let diff = workspace_root().join("agents/review/samples/refunds.diff");
     let request = refunds_request();
-    let output = tokio::process::Command::new(sibling_binary("choreo")?)
+    let mut command = clean_command(&sibling_binary("choreo")?, &bus.server.url());
+    command
         .args(["review", "--id", id, "--repository", &request.repository])
         .arg("--diff")
         .arg(diff)
-        .env("NATS_URL", bus.server.url())
-        .envs(env.iter().copied())
-        .output()
-        .await?;
+        .envs(env.iter().copied());
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
     anyhow::ensure!(
         output.status.success(),
         "choreo review: {}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr(&output)
     );
     Ok(())
 }
@@ -160,7 +160,10 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     // Stopped, every process has flushed whatever it had to export.
     team.stop().await;
     assert_eq!(
-        default_port.lock().unwrap_or_else(|e| e.into_inner()).requests,
+        default_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests,
         0,
         "nothing is exported without OTEL_EXPORTER_OTLP_ENDPOINT"
     );
@@ -180,7 +183,10 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     for binary in TEAM {
         let mut env = traced.to_vec();
         if binary == "choreo-security" {
-            env.extend([("CHOREO_LLM_URL", llm_url.as_str()), ("CHOREO_LLM_MODEL", "gpt-otel")]);
+            env.extend([
+                ("CHOREO_LLM_URL", llm_url.as_str()),
+                ("CHOREO_LLM_MODEL", "gpt-otel"),
+            ]);
         }
         team.start(binary, &env)?;
     }
@@ -192,7 +198,9 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         .iter()
         .find(|e| e.r#type == REQUESTED)
         .expect("the request is in the run");
-    let trace_id = hex(&TraceParent::parse(&root.traceparent).expect("traceparent").trace_id);
+    let trace_id = hex(&TraceParent::parse(&root.traceparent)
+        .expect("traceparent")
+        .trace_id);
     let spans: Vec<Received> = spans
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -218,21 +226,37 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     let of_kind = |kind: SpanKind, id: &str| -> Vec<&Received> {
         spans
             .iter()
-            .filter(|s| s.kind == kind && s.attributes.get("messaging.message.id").map(String::as_str) == Some(id))
+            .filter(|s| {
+                s.kind == kind
+                    && s.attributes.get("messaging.message.id").map(String::as_str) == Some(id)
+            })
             .collect()
     };
     for event in &events {
         let producers = of_kind(SpanKind::Producer, &event.id);
-        assert_eq!(producers.len(), 1, "one producer span for {} {}", event.r#type, event.id);
+        assert_eq!(
+            producers.len(),
+            1,
+            "one producer span for {} {}",
+            event.r#type,
+            event.id
+        );
         let producer = producers[0];
         let own = TraceParent::parse(&event.traceparent).expect("traceparent");
-        assert_eq!(producer.span_id, hex(&own.span_id), "the producer span is the event's traceparent");
+        assert_eq!(
+            producer.span_id,
+            hex(&own.span_id),
+            "the producer span is the event's traceparent"
+        );
         assert_eq!(producer.name, format!("publish {}", event.r#type));
         assert_eq!(
             producer.attributes.get("messaging.message.conversation_id"),
             Some(&"run-traced".to_string())
         );
-        assert_eq!(producer.attributes.get("messaging.system"), Some(&"nats".to_string()));
+        assert_eq!(
+            producer.attributes.get("messaging.system"),
+            Some(&"nats".to_string())
+        );
         for consumer in of_kind(SpanKind::Consumer, &event.id) {
             assert_eq!(
                 consumer.parent_span_id, producer.span_id,
@@ -246,7 +270,10 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         }
         if event.causation_id.is_empty() {
             assert_eq!(producer.service, "choreo", "the CLI published the request");
-            assert_eq!(producer.parent_span_id, "", "the root's publishing starts the trace");
+            assert_eq!(
+                producer.parent_span_id, "",
+                "the root's publishing starts the trace"
+            );
             continue;
         }
         let handling = of_kind(SpanKind::Consumer, &event.causation_id)
