@@ -15,8 +15,8 @@ use choreo_bus::Event;
 use choreo_review::events::*;
 use choreo_review::report::Report;
 use choreo_review::samples::refunds_request;
-use choreo_testkit::team::Team;
 use choreo_testkit::http::{chat_answer, serve};
+use choreo_testkit::team::Team;
 use choreo_testkit::{Bus, wait_until};
 
 fn json<T: serde::de::DeserializeOwned>(event: &Event) -> anyhow::Result<T> {
@@ -660,13 +660,21 @@ async fn a_model_slower_than_the_ack_wait_is_called_once_per_review_and_every_co
         // same on the run board and in the run's trace, from the handling's record.
         let cost_micros = board.state.run(run).map(|run| run.cost_micros);
         assert_eq!(cost_micros, Some(1050), "the run board's cost of run {run}");
-        let trace = choreo_bus::trace::RunTrace::read(&bus.jetstream, &Default::default(), run, &[])
-            .await?;
+        let trace =
+            choreo_bus::trace::RunTrace::read(&bus.jetstream, &Default::default(), run, &[])
+                .await?;
         let handlings: Vec<_> = trace.nodes.iter().flat_map(|n| &n.handlings).collect();
         assert_eq!(handlings.len(), 1, "one handling of run {run}");
         assert_eq!(handlings[0].agent, "security");
-        assert!(handlings[0].took >= std::time::Duration::from_secs(1), "the slow call");
-        assert_eq!(trace.spend().cost_micros(), 1050, "the trace's cost of run {run}");
+        assert!(
+            handlings[0].took >= std::time::Duration::from_secs(1),
+            "the slow call"
+        );
+        assert_eq!(
+            trace.spend().cost_micros(),
+            1050,
+            "the trace's cost of run {run}"
+        );
         on_events += tokens;
     }
     let (calls, billed_tokens) = {
