@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use choreo_bus::cloudevents::{self, is_json};
+use choreo_bus::envelope::TraceParent;
 use choreo_bus::names::validate_id;
 use choreo_bus::{Emit, Event, EventType, RootEvent};
 use serde_json::{Map, Value};
@@ -44,6 +45,48 @@ pub struct Intake {
 
 /// Reads a request's events; `source` is the client's name, the source of plain events.
 pub fn read(headers: &HeaderMap, body: &[u8], source: &str) -> Result<Intake, Problem> {
+    let intake = read_events(headers, body, source)?;
+    idempotency_key_agrees(headers, &intake)?;
+    // An event carrying its own trace context ignores the header, but a malformed one is the
+    // client's mistake all the same.
+    if let Some(traceparent) = header_text(headers, TRACEPARENT)?
+        && TraceParent::parse(traceparent).is_none()
+    {
+        return Err(Problem::invalid(
+            "traceparent",
+            format!(
+                "traceparent: {traceparent:?} is not W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)"
+            ),
+        ));
+    }
+    Ok(intake)
+}
+
+/// A plain event takes its id from `Idempotency-Key`; a CloudEvent has its own id, so a key
+/// sent with one must be that id (a client trusting a key the gateway ignored would store a
+/// retry twice), and a batch, whose events each have their own, takes none.
+fn idempotency_key_agrees(headers: &HeaderMap, intake: &Intake) -> Result<(), Problem> {
+    let Some(key) = header_text(headers, IDEMPOTENCY_KEY)? else {
+        return Ok(());
+    };
+    validate_id("Idempotency-Key", key).map_err(|err| from_validation(&err, "", |_| None))?;
+    let refuse = |why: String| Err(Problem::invalid("Idempotency-Key", why));
+    match (intake.mode, intake.events.as_slice()) {
+        (Mode::Event, _) => Ok(()),
+        (Mode::Structured | Mode::Binary, [event]) if event.id == key => Ok(()),
+        (Mode::Structured | Mode::Binary, _) => refuse(format!(
+            "Idempotency-Key {key} is not the CloudEvent's id: a CloudEvent's id is its key; \
+             send the same value, or leave the header out"
+        )),
+        (Mode::Batch, _) => refuse(
+            "a batch takes no Idempotency-Key: each CloudEvent's id is its key; leave the \
+             header out"
+                .to_string(),
+        ),
+    }
+}
+
+fn read_events(headers: &HeaderMap, body: &[u8], source: &str) -> Result<Intake, Problem> {
     if headers.contains_key("ce-specversion") {
         return Ok(Intake {
             mode: Mode::Binary,
@@ -81,7 +124,7 @@ pub fn read(headers: &HeaderMap, body: &[u8], source: &str) -> Result<Intake, Pr
 }
 
 /// The fields of a plain event.
-const EVENT_FIELDS: [&str; 3] = ["type", "data", "correlation_id"];
+pub const EVENT_FIELDS: [&str; 3] = ["type", "data", "correlation_id"];
 
 fn plain(headers: &HeaderMap, body: &[u8], source: &str) -> Result<Event, Problem> {
     let value = json_body(body, "application/json")?;
@@ -436,6 +479,32 @@ mod tests {
         assert_eq!(problem.field.as_deref(), Some("[1].type"));
         let problem = read(&batch_headers, b"[]", "ci").expect_err("empty");
         assert_eq!(problem.field.as_deref(), Some("body"));
+    }
+
+    /// Found by the contract's fuzzing: a malformed key sent with a CloudEvent was ignored.
+    #[test]
+    fn an_idempotency_key_with_a_cloudevent_must_be_its_id_and_a_batch_takes_none() {
+        let doc = json!({"specversion": "1.0", "id": "ce-1", "source": "ci", "type": "a.b"});
+        let with_key = |content_type, key, body: &Value| {
+            read(
+                &headers(&[("content-type", content_type), ("idempotency-key", key)]),
+                body.to_string().as_bytes(),
+                "ci",
+            )
+        };
+        with_key(CLOUDEVENT, "ce-1", &doc).expect("the same id");
+        for (content_type, key, body) in [
+            (CLOUDEVENT, "ce-2", doc.clone()),
+            (CLOUDEVENT, "a b", doc.clone()),
+            (CLOUDEVENTS_BATCH, "ce-1", json!([doc])),
+        ] {
+            let problem = with_key(content_type, key, &body).expect_err(key);
+            assert_eq!(
+                problem.field.as_deref(),
+                Some("Idempotency-Key"),
+                "{problem:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,16 +7,20 @@
 //! | `POST /v1/webhooks/github` | a GitHub delivery, verified by its signature ([`github`]) |
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | NATS is connected and the events stream is there |
+//! | `GET /metrics` | the gateway's metrics, OpenMetrics text |
+//! | `GET /openapi.json` | this contract as OpenAPI 3.1, generated from the code's types ([`openapi`]) |
 //!
 //! Each request passes, in order: the token (401), the token's rate (429), the body cap (413),
 //! reading and validating every event (400, 415), the token's event types and sources (403),
 //! the run's budget (409), and publishing (503, 507, 502) ([`door`]). Every refusal is a problem document
 //! ([`problem`]); nothing is published unless every event of the request is valid and allowed.
 
+pub mod answers;
 pub mod door;
 pub mod github;
 pub mod intake;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod settings;
 pub mod tokens;
@@ -29,7 +33,7 @@ use async_nats::jetstream;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -37,8 +41,8 @@ use choreo_bus::guard::{CorrelationBudget, RateLimiter};
 use choreo_bus::{Event, Namespace, Published, Publisher, ValidationError};
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
 
+use crate::answers::{GithubAnswer, Health, Ready, accepted};
 use crate::door::Door;
 use crate::intake::Mode;
 use crate::metrics::GatewayMetrics;
@@ -125,11 +129,20 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi::openapi_json))
             .fallback(|| async {
                 Problem::new(
                     Kind::NotFound,
                     "no such route: POST /v1/events, POST /v1/webhooks/github, GET /healthz, \
-                     GET /readyz, GET /metrics",
+                     GET /readyz, GET /metrics, GET /openapi.json",
+                )
+            })
+            // axum's own 405 has no body; a refusal is a problem document like any other (its
+            // Allow header is kept).
+            .method_not_allowed_fallback(|| async {
+                Problem::new(
+                    Kind::MethodNotAllowed,
+                    "this route does not answer this method: the Allow header lists those it does",
                 )
             })
             .with_state(self.clone())
@@ -167,10 +180,10 @@ impl Gateway {
         github::verify(secret.expose_secret().as_bytes(), &headers, &body)?;
         let event = match github::read(&headers, &body)? {
             github::Delivery::Ping => {
-                return Ok((StatusCode::OK, axum::Json(json!({"pong": true}))).into_response());
+                return Ok(axum::Json(GithubAnswer::Pong { pong: true }).into_response());
             }
-            github::Delivery::Ignored(why) => {
-                return Ok((StatusCode::OK, axum::Json(json!({"ignored": why}))).into_response());
+            github::Delivery::Ignored(ignored) => {
+                return Ok(axum::Json(GithubAnswer::Ignored { ignored }).into_response());
             }
             github::Delivery::Review(event) => event,
         };
@@ -263,7 +276,7 @@ impl Gateway {
         Ok(Bytes::from(collected))
     }
 
-    async fn ready(&self) -> Result<Value, Problem> {
+    async fn ready(&self) -> Result<Ready, Problem> {
         self.inner.door.ensure_connected()?;
         let stream = self.inner.namespace.stream_name();
         self.inner
@@ -282,7 +295,10 @@ impl Gateway {
                 };
                 Problem::new(Kind::NatsUnavailable, detail)
             })?;
-        Ok(json!({"nats": "connected", "stream": stream}))
+        Ok(Ready {
+            nats: "connected".into(),
+            stream,
+        })
     }
 }
 
@@ -325,25 +341,6 @@ fn entitled(client: &Client, intake: &intake::Intake) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `202` with what was stored: one object, or `{"events": [...]}` for a batch.
-fn accepted(mode: Mode, published: &[Published]) -> Response {
-    let one = |stored: &Published| {
-        json!({
-            "id": stored.event_id,
-            "correlation_id": stored.correlation_id,
-            "stream_sequence": stored.stream_sequence,
-            "duplicate": stored.duplicate,
-        })
-    };
-    let body = match (mode, published) {
-        (Mode::Batch, all) | (_, all @ ([] | [_, _, ..])) => {
-            json!({"events": all.iter().map(one).collect::<Vec<_>>()})
-        }
-        (_, [stored]) => one(stored),
-    };
-    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
-}
-
 /// Logs what a refusal said (server-side failures as warnings) and answers with it.
 fn answer(result: Result<Response, Problem>) -> Response {
     match result {
@@ -359,10 +356,61 @@ fn answer(result: Result<Response, Problem>) -> Response {
     }
 }
 
+/// Publishes an event, or CloudEvents in structured, batch or binary mode; all or none.
+///
+/// The shape is told by `Content-Type` (see the request bodies); a `ce-specversion` header
+/// makes it a binary-mode CloudEvent instead: the `ce-*` headers are its attributes
+/// (percent-encoded), the body its data, `Content-Type` its `datacontenttype`.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = r"^[A-Za-z0-9_-]+$", max_length = 128,
+         description = "A plain event's id: a retry with the same key is stored once. With a CloudEvent it must be the event's id; a batch takes none"),
+        ("traceparent" = Option<String>, Header, nullable = false, pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+         description = "W3C trace context, for events that carry none"),
+        ("ce-specversion" = Option<String>, Header, nullable = false, description = "Binary mode: `1.0`"),
+        ("ce-id" = Option<String>, Header, nullable = false, description = "Binary mode: the event's id"),
+        ("ce-source" = Option<String>, Header, nullable = false, description = "Binary mode: its source"),
+        ("ce-type" = Option<String>, Header, nullable = false, description = "Binary mode: its type"),
+        ("ce-correlationid" = Option<String>, Header, nullable = false, description = "Binary mode: the run it joins"),
+        ("ce-subject" = Option<String>, Header, nullable = false, description = "Binary mode: its subject"),
+    ),
+    request_body(
+        description = "One event, one CloudEvent, or a batch of CloudEvents",
+        content(
+            (openapi::PlainEvent = "application/json"),
+            (openapi::CloudEvent = "application/cloudevents+json"),
+            (openapi::CloudEventBatch = "application/cloudevents-batch+json"),
+        )
+    ),
+    responses(
+        (status = 202, description = "Stored (or stored before: `duplicate`): one event, or all of a batch", body = answers::Stored),
+    )
+)]
 async fn post_events(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     counted(&gateway, "events", gateway.events(headers, body)).await
 }
 
+/// A GitHub delivery, trusted by its `X-Hub-Signature-256`; a pull request asking for review
+/// becomes `github.pull_request.changed`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/github",
+    tag = "webhooks",
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the HMAC-SHA256 of the body, hex"),
+        ("X-GitHub-Event" = Option<String>, Header, nullable = false, description = "`pull_request`, `ping`, ..."),
+        ("X-GitHub-Delivery" = Option<String>, Header, nullable = false, description = "The delivery's id: the event's id"),
+    ),
+    request_body(description = "GitHub's payload", content_type = "application/json", content = Object),
+    responses(
+        (status = 200, description = "A ping, or a delivery that asks for nothing", body = answers::GithubAnswer),
+        (status = 202, description = "Stored (or stored before: `duplicate`)", body = answers::Accepted),
+    )
+)]
 async fn post_github(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     counted(&gateway, "github", gateway.github(headers, body)).await
 }
@@ -382,6 +430,14 @@ async fn counted(
     response
 }
 
+/// The gateway's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
 async fn metrics(State(gateway): State<Gateway>) -> Response {
     (
         [(
@@ -393,10 +449,19 @@ async fn metrics(State(gateway): State<Gateway>) -> Response {
         .into_response()
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = answers::Health)))]
 async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+    .into_response()
 }
 
+/// NATS is connected and the events stream is there.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = answers::Ready)))]
 async fn readyz(State(gateway): State<Gateway>) -> Response {
     answer(
         gateway

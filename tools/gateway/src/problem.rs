@@ -11,6 +11,7 @@
 //! | `forbidden-type` | 403 | the token may not publish this event type |
 //! | `forbidden-source` | 403 | a CloudEvent claims a `source` the token may not speak for |
 //! | `not-found` | 404 | no such route, or the GitHub webhook is not configured |
+//! | `method-not-allowed` | 405 | a route asked with a method it does not answer; `Allow` lists those it does |
 //! | `budget-exhausted` | 409 | the run named by the correlation id has used its budget |
 //! | `body-too-large` | 413 | the body is over the cap, or the event over NATS's max payload |
 //! | `unsupported-media-type` | 415 | a content type the gateway does not read |
@@ -24,7 +25,8 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use choreo_bus::ValidationError;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -51,6 +53,7 @@ pub enum Kind {
     ForbiddenType,
     ForbiddenSource,
     NotFound,
+    MethodNotAllowed,
     BudgetExhausted,
     BodyTooLarge,
     UnsupportedMediaType,
@@ -61,6 +64,25 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order of the module's table.
+    pub const ALL: [Kind; 15] = [
+        Kind::InvalidField,
+        Kind::MalformedBody,
+        Kind::Unauthorized,
+        Kind::BadSignature,
+        Kind::ForbiddenType,
+        Kind::ForbiddenSource,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::BudgetExhausted,
+        Kind::BodyTooLarge,
+        Kind::UnsupportedMediaType,
+        Kind::RateLimited,
+        Kind::NatsRefused,
+        Kind::NatsUnavailable,
+        Kind::StreamFull,
+    ];
+
     pub fn slug(self) -> &'static str {
         match self {
             Kind::InvalidField => "invalid-field",
@@ -70,6 +92,7 @@ impl Kind {
             Kind::ForbiddenType => "forbidden-type",
             Kind::ForbiddenSource => "forbidden-source",
             Kind::NotFound => "not-found",
+            Kind::MethodNotAllowed => "method-not-allowed",
             Kind::BudgetExhausted => "budget-exhausted",
             Kind::BodyTooLarge => "body-too-large",
             Kind::UnsupportedMediaType => "unsupported-media-type",
@@ -80,12 +103,18 @@ impl Kind {
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The URN a problem document's `type` carries.
+    pub fn urn(self) -> String {
+        format!("urn:choreo:problem:{}", self.slug())
+    }
+
+    pub fn status(self) -> StatusCode {
         match self {
             Kind::InvalidField | Kind::MalformedBody => StatusCode::BAD_REQUEST,
             Kind::Unauthorized | Kind::BadSignature => StatusCode::UNAUTHORIZED,
             Kind::ForbiddenType | Kind::ForbiddenSource => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::BudgetExhausted => StatusCode::CONFLICT,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -96,7 +125,7 @@ impl Kind {
         }
     }
 
-    fn title(self) -> &'static str {
+    pub fn title(self) -> &'static str {
         match self {
             Kind::InvalidField => "A field is missing or invalid",
             Kind::MalformedBody => "The body cannot be read",
@@ -105,6 +134,7 @@ impl Kind {
             Kind::ForbiddenType => "This token may not publish this event type",
             Kind::ForbiddenSource => "This token may not publish as this source",
             Kind::NotFound => "Not found",
+            Kind::MethodNotAllowed => "Method not allowed",
             Kind::BudgetExhausted => "The run has used its budget",
             Kind::BodyTooLarge => "The body is too large",
             Kind::UnsupportedMediaType => "Unsupported content type",
@@ -143,20 +173,41 @@ impl Problem {
     }
 
     /// The body a client receives.
-    pub fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert(
-            "type".into(),
-            json!(format!("urn:choreo:problem:{}", self.kind.slug())),
-        );
-        body.insert("title".into(), json!(self.kind.title()));
-        body.insert("status".into(), json!(self.status.as_u16()));
-        body.insert("detail".into(), json!(self.detail));
-        if let Some(field) = &self.field {
-            body.insert("field".into(), json!(field));
+    pub fn body(&self) -> ProblemDetails {
+        ProblemDetails {
+            r#type: self.kind.urn(),
+            title: self.kind.title().to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            field: self.field.clone(),
         }
-        Value::Object(body)
     }
+}
+
+/// A refusal as RFC 9457 problem details, served as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:choreo:problem:invalid-field",
+    "title": "A field is missing or invalid",
+    "status": 400,
+    "detail": "type: is required, e.g. \"review.requested\"",
+    "field": "type"
+}))]
+pub struct ProblemDetails {
+    /// What went wrong, for programs to match: `urn:choreo:problem:<kind>`.
+    #[schema(pattern = "^urn:choreo:problem:[a-z-]+$")]
+    pub r#type: String,
+    /// One per `type`.
+    pub title: String,
+    /// The HTTP status of the answer.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What happened and what to do.
+    pub detail: String,
+    /// The field, header or path at fault, as the request wrote it (`type`, `ce-source`,
+    /// `[2].id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// A validation error of the bus, with its field named as the client wrote it: `prefix` then
@@ -198,7 +249,7 @@ mod tests {
     #[test]
     fn a_problem_has_its_type_title_status_and_field() {
         let problem = Problem::invalid("type", "type: is required");
-        let body = problem.body();
+        let body = serde_json::to_value(problem.body()).expect("json");
         assert_eq!(body["type"], "urn:choreo:problem:invalid-field");
         assert_eq!(body["status"], 400);
         assert_eq!(body["field"], "type");
