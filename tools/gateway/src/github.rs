@@ -68,7 +68,8 @@ pub fn read(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, Problem> {
         headers
             .get(name)
             .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| Problem::invalid(shown, format!("{shown} is missing")))
+            .filter(|text| !text.trim().is_empty())
+            .ok_or_else(|| Problem::invalid(shown, format!("{shown} is missing or empty")))
     };
     let event = header(EVENT, "X-GitHub-Event")?;
     match event {

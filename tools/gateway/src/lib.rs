@@ -402,10 +402,22 @@ async fn post_events(State(gateway): State<Gateway>, headers: HeaderMap, body: B
     tag = "webhooks",
     params(
         ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the HMAC-SHA256 of the body, hex"),
-        ("X-GitHub-Event" = Option<String>, Header, nullable = false, description = "`pull_request`, `ping`, ..."),
-        ("X-GitHub-Delivery" = Option<String>, Header, nullable = false, description = "The delivery's id: the event's id"),
+        ("X-GitHub-Event" = Option<String>, Header, nullable = false, example = "pull_request",
+         description = "`pull_request`, `ping`, ..."),
+        ("X-GitHub-Delivery" = Option<String>, Header, nullable = false, example = "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+         description = "The delivery's id: the event's id"),
     ),
-    request_body(description = "GitHub's payload", content_type = "application/json", content = Object),
+    request_body(description = "GitHub's payload", content_type = "application/json", content = Object,
+        example = json!({
+            "action": "opened",
+            "repository": {"full_name": "acme/shop"},
+            "pull_request": {
+                "number": 42, "title": "Refunds", "draft": false, "user": {"login": "dev"},
+                "html_url": "https://github.com/acme/shop/pull/42",
+                "diff_url": "https://github.com/acme/shop/pull/42.diff",
+                "head": {"sha": "abc123"}
+            }
+        })),
     responses(
         (status = 200, description = "A ping, or a delivery that asks for nothing", body = answers::GithubAnswer),
         (status = 202, description = "Stored (or stored before: `duplicate`)", body = answers::Accepted),

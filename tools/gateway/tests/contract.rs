@@ -143,6 +143,8 @@ async fn the_gateway_keeps_its_openapi_contract_under_schema_based_fuzzing() {
     let st = python.with_file_name("st");
     let began = Instant::now();
     let run = tokio::process::Command::new(&st)
+        .arg("--config-file")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/schemathesis.toml"))
         .arg("run")
         .arg(format!("{}/openapi.json", gateway.url))
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
