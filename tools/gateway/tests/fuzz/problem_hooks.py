@@ -26,3 +26,4 @@ def refusals_are_problem_documents(ctx, response, case):
     if body["status"] != response.status_code:
         raise AssertionError(f"status {body['status']} in a {response.status_code} answer")
     return None
+
