@@ -70,6 +70,9 @@ pub struct NatsConfig {
     /// How often the client pings the server; see the module's notes. Default
     /// [`DEFAULT_PING_INTERVAL`].
     pub ping_interval: Option<Duration>,
+    /// The prefix of this connection's reply subjects (`_INBOX` when `None`): credentials that
+    /// may read only their own inbox (`choreo auth generate`) name one.
+    pub inbox_prefix: Option<String>,
 }
 
 /// How often a client pings its server when nothing says otherwise: a silent connection is
@@ -95,7 +98,7 @@ pub struct NatsVar {
 /// Every variable [`NatsConfig::from_env`] reads, in the order `--help` lists them. This is the
 /// one list: `from_env` reads by it and [`env_help`] renders it, so no help names a variable
 /// that nothing reads.
-pub const NATS_ENV: [NatsVar; 12] = [
+pub const NATS_ENV: [NatsVar; 14] = [
     NatsVar {
         name: "NATS_URL",
         meaning: "server URL(s), comma-separated",
@@ -138,6 +141,32 @@ pub const NATS_ENV: [NatsVar; 12] = [
         default: None,
         apply: |config, value| {
             config.nkey_seed = Some(value.into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_NKEY_SEED_FILE",
+        meaning: "file holding the nkey seed (what `choreo auth generate` writes)",
+        default: None,
+        apply: |config, value| {
+            let seed = std::fs::read_to_string(&value).map_err(|err| {
+                ConnectError::Config(format!(
+                    "NATS_NKEY_SEED_FILE={value:?}: cannot read it: {err}"
+                ))
+            })?;
+            config.nkey_seed = Some(seed.trim().to_string().into());
+            Ok(())
+        },
+    },
+    NatsVar {
+        name: "NATS_INBOX_PREFIX",
+        meaning: "prefix of the connection's reply subjects; credentials that allow only their \
+                  own inbox name it (`_INBOX_<user>`)",
+        default: Some("_INBOX"),
+        apply: |config, value| {
+            crate::names::validate_label("NATS_INBOX_PREFIX", &value)
+                .map_err(|err| ConnectError::Config(err.to_string()))?;
+            config.inbox_prefix = Some(value);
             Ok(())
         },
     },
@@ -341,6 +370,13 @@ impl NatsConfig {
         if let Some(name) = &self.client_name {
             options = options.name(name);
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        // Refusals come as server errors, after the fact: named here and to whoever waits.
+        options = options.event_callback(|event| async move {
+            crate::permissions::observe(&event);
+        });
         if self.initial_connect == InitialConnect::Retry {
             options = options.retry_on_initial_connect();
         }

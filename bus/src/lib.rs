@@ -7,6 +7,7 @@
 //! - [`envelope`]: building root events ([`RootEvent`]), what handlers return ([`Emit`]),
 //!   stamping children (ids, correlation, causation, depth, trace context) and decoding.
 //! - [`connect`]: how to reach NATS ([`NatsConfig`]), credentials and TLS, reconnect behaviour.
+//! - [`permissions`]: what the server refused (permission violations), named by subject.
 //! - [`streams`]: idempotent set-up of the `EVENTS` and `DEADLETTERS` streams.
 //! - [`publish`]: publishing envelopes with deduplication ([`Publisher`]).
 //! - [`runtime`]: the agent runtime ([`Runtime`]): durable pull consumer → decode → handler →
@@ -35,6 +36,7 @@ pub mod log;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
+pub mod permissions;
 pub mod projection;
 pub mod publish;
 pub mod runtime;

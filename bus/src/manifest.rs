@@ -16,6 +16,7 @@
 //! | circuit-breaker transitions (in the run `breaker-<agent>-<breaker>`) | `<ns>.*.choreo.breaker.*` | the same |
 //! | dead letters | `dlq.<ns>.<agent>.*` | `DEADLETTERS` |
 //! | run budget counters (increments are requests) | `budget.<ns>.*.*` | `BUDGETS` |
+//! | the log, read with consumers of its own (`reads`, when it declares [`crate::runtime::AgentBuilder::reads_log`]) | none | `EVENTS` / `EVENTS_<NS>` |
 //! | presence (Services API), answered | `$SRV.{PING,INFO,STATS}[.<agent>[.*]]`, `choreo.agents.<ns>.<agent>.status` | none |
 //!
 //! The JSON's field names are stable; a change that would break a reader raises
@@ -63,6 +64,10 @@ pub struct Manifest {
     /// Subjects it subscribes to with core NATS to answer requests (not its events).
     #[serde(default)]
     pub answers: Vec<String>,
+    /// Streams it reads itself, with consumers of its own besides its durable one (a join
+    /// reading a run's events); empty for most agents.
+    #[serde(default)]
+    pub reads: Vec<String>,
     /// The storm guards its runtime applies; `None` for an agent that does not run choreo's
     /// runtime (one written in another language, with a manifest of its own).
     #[serde(default)]
@@ -227,6 +232,11 @@ impl Manifest {
             },
             publishes,
             answers: answers(namespace, name),
+            reads: if agent.reads_log() {
+                vec![events.clone()]
+            } else {
+                Vec::new()
+            },
             guards: Some(GuardLimits::of(config)),
         }
     }

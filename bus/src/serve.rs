@@ -24,6 +24,8 @@ use crate::settings::AgentSettings;
 pub const EXIT_CONFIG: u8 = 64;
 /// A service the agent needs is missing (`EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// The server refused the agent's credentials what it needs (`EX_NOPERM`).
+pub const EXIT_NOPERM: u8 = 77;
 
 /// Runs `agent` with `handler` as configured by its flags, environment and settings file,
 /// until SIGINT or SIGTERM. `about` says what the agent does: the first line of its `--help`
@@ -164,6 +166,10 @@ where
         Err(err @ RuntimeError::Config(_)) => {
             tracing::error!(agent = %name, "{err}");
             ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err @ RuntimeError::Refused { .. }) => {
+            tracing::error!(agent = %name, "{err}");
+            ExitCode::from(EXIT_NOPERM)
         }
         Err(err) => {
             tracing::error!(agent = %name, "{err}");

@@ -31,6 +31,8 @@ pub fn agent() -> Result<Agent, ValidationError> {
         .emits(COMPLETED)
         // Published by the deadline watch, not by the handler.
         .emits(DEADLINE)
+        // The join and the deadline watch read runs from the log.
+        .reads_log()
         .build()
 }
 

@@ -15,6 +15,7 @@ pub struct Agent {
     name: AgentName,
     subscribes: Vec<EventType>,
     emits: Vec<EventType>,
+    reads_log: bool,
 }
 
 impl Agent {
@@ -33,6 +34,7 @@ impl Agent {
             name: name.into(),
             subscribes: Vec::new(),
             emits: Vec::new(),
+            reads_log: false,
         }
     }
 
@@ -48,6 +50,11 @@ impl Agent {
         &self.emits
     }
 
+    /// Whether it reads its namespace's log itself ([`AgentBuilder::reads_log`]).
+    pub fn reads_log(&self) -> bool {
+        self.reads_log
+    }
+
     /// Whether this agent declared it may emit `event_type`.
     pub fn may_emit(&self, event_type: &EventType) -> bool {
         self.emits.contains(event_type)
@@ -60,6 +67,7 @@ pub struct AgentBuilder {
     name: String,
     subscribes: Vec<String>,
     emits: Vec<String>,
+    reads_log: bool,
 }
 
 impl AgentBuilder {
@@ -72,6 +80,15 @@ impl AgentBuilder {
     /// An event type this agent may emit. Emitting anything undeclared is a handler error.
     pub fn emits(mut self, event_type: impl Into<String>) -> Self {
         self.emits.push(event_type.into());
+        self
+    }
+
+    /// The agent reads its namespace's log itself (a [`crate::log::LogReader`], as a join reads
+    /// a run's events), besides what its consumer delivers. Its manifest says so, and its
+    /// generated credentials then allow reads of the stream with consumers of its own (never
+    /// another agent's).
+    pub fn reads_log(mut self) -> Self {
+        self.reads_log = true;
         self
     }
 
@@ -96,6 +113,7 @@ impl AgentBuilder {
             name,
             subscribes: parse(self.subscribes)?,
             emits: parse(self.emits)?,
+            reads_log: self.reads_log,
         })
     }
 }

@@ -123,12 +123,21 @@ pub enum RuntimeError {
         #[source]
         source: async_nats::Error,
     },
+    /// The server refused the agent's credentials something the start-up needs (its consumer,
+    /// its stream): credentials made for another agent, or for an older manifest.
+    #[error("agent {agent} cannot start: {refusal}")]
+    Refused {
+        agent: String,
+        #[source]
+        refusal: crate::permissions::Refusal,
+    },
 }
 
 impl RuntimeError {
-    /// A missing stream or an unreachable server may come right; a bad configuration will not.
+    /// A missing stream or an unreachable server may come right; a bad configuration or
+    /// credentials that do not allow the agent's own consumer will not.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, RuntimeError::Config(_))
+        !matches!(self, RuntimeError::Config(_) | RuntimeError::Refused { .. })
     }
 }
 
@@ -452,6 +461,10 @@ async fn publish_transition(
     Ok(())
 }
 
+/// Every JetStream API request: a refusal of any of them during the consumer's set-up is the
+/// set-up's.
+const JS_API: &str = "$JS.API.>";
+
 /// Creates or updates the agent's durable consumer.
 pub(super) async fn bind_consumer(
     jetstream: &jetstream::Context,
@@ -459,19 +472,26 @@ pub(super) async fn bind_consumer(
     config: &RuntimeConfig,
 ) -> Result<PullConsumer, RuntimeError> {
     let stream_name = config.namespace.stream_name();
-    let stream = jetstream.get_stream(&stream_name).await.map_err(|err| {
-        if crate::streams::is_stream_not_found(&err) {
-            RuntimeError::NoStream {
-                stream: stream_name.clone(),
+    let refused = |refusal| RuntimeError::Refused {
+        agent: agent.name().to_string(),
+        refusal,
+    };
+    let stream = crate::permissions::refused_or(JS_API, jetstream.get_stream(&stream_name))
+        .await
+        .map_err(refused)?
+        .map_err(|err| {
+            if crate::streams::is_stream_not_found(&err) {
+                RuntimeError::NoStream {
+                    stream: stream_name.clone(),
+                }
+            } else {
+                RuntimeError::Consumer {
+                    agent: agent.name().to_string(),
+                    stream: stream_name.clone(),
+                    source: err.into(),
+                }
             }
-        } else {
-            RuntimeError::Consumer {
-                agent: agent.name().to_string(),
-                stream: stream_name.clone(),
-                source: err.into(),
-            }
-        }
-    })?;
+        })?;
     let consumer_config = PullConfig {
         durable_name: Some(agent.name().to_string()),
         description: Some(format!("choreo agent {}", agent.name())),
@@ -489,9 +509,9 @@ pub(super) async fn bind_consumer(
         max_ack_pending: config.max_ack_pending,
         ..PullConfig::default()
     };
-    stream
-        .create_consumer(consumer_config)
+    crate::permissions::refused_or(JS_API, stream.create_consumer(consumer_config))
         .await
+        .map_err(refused)?
         .map_err(|err| RuntimeError::Consumer {
             agent: agent.name().to_string(),
             stream: stream_name,

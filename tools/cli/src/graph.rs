@@ -48,17 +48,8 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct GraphArgs {
-    /// Manifest files (what `choreo-<agent> manifest` prints; several per file, or an array,
-    /// are fine), folders of `*.json` manifests, or `-` for standard input. With none, the
-    /// agent binaries are asked (see --agents-dir).
-    #[arg(value_name = "MANIFEST")]
-    manifests: Vec<PathBuf>,
-    /// Run every `choreo-<agent>` binary in DIR with `manifest` (the gateway and the bench are
-    /// not agents and are left out) [default, when no MANIFEST is given: the folder of this
-    /// `choreo`]. They read the environment as they would when run, so `CHOREO_NAMESPACE` and
-    /// the guards' variables apply.
-    #[arg(long, value_name = "DIR")]
-    agents_dir: Option<PathBuf>,
+    #[command(flatten)]
+    sources: ManifestSources,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Write to FILE instead of standard output [default for --format html: choreography.html].
@@ -70,25 +61,49 @@ pub struct GraphArgs {
     strict: bool,
 }
 
+/// Where the agents' manifests are read: files, folders, standard input, or the agent
+/// binaries themselves. `choreo graph` and `choreo auth generate` read them alike.
+#[derive(Debug, clap::Args)]
+pub struct ManifestSources {
+    /// Manifest files (what `choreo-<agent> manifest` prints; several per file, or an array,
+    /// are fine), folders of `*.json` manifests, or `-` for standard input. With none, the
+    /// agent binaries are asked (see --agents-dir).
+    #[arg(value_name = "MANIFEST")]
+    manifests: Vec<PathBuf>,
+    /// Run every `choreo-<agent>` binary in DIR with `manifest` (the gateway and the bench are
+    /// not agents and are left out) [default, when no MANIFEST is given: the folder of this
+    /// `choreo`]. They read the environment as they would when run, so `CHOREO_NAMESPACE` and
+    /// the guards' variables apply.
+    #[arg(long, value_name = "DIR")]
+    agents_dir: Option<PathBuf>,
+}
+
+impl ManifestSources {
+    /// One manifest per agent, from every source named.
+    pub async fn load(&self) -> Result<Vec<Manifest>, Failure> {
+        let mut loaded = Vec::new();
+        for path in &self.manifests {
+            loaded.extend(read_path(path)?);
+        }
+        let agents_dir = match (&self.agents_dir, self.manifests.is_empty()) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, true) => Some(beside_this_binary()?),
+            (None, false) => None,
+        };
+        if let Some(dir) = agents_dir {
+            loaded.extend(ask_agents(&dir).await?);
+        }
+        distinct(loaded)
+    }
+}
+
 /// Binaries named `choreo-*` that are tools, not agents: never run with `manifest`.
 const NOT_AGENTS: [&str; 2] = ["choreo-gateway", "choreo-bench"];
 /// How long an agent binary may take to print its manifest (it connects to nothing).
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: GraphArgs) -> Result<(), Failure> {
-    let mut loaded = Vec::new();
-    for path in &args.manifests {
-        loaded.extend(read_path(path)?);
-    }
-    let agents_dir = match (&args.agents_dir, args.manifests.is_empty()) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, true) => Some(beside_this_binary()?),
-        (None, false) => None,
-    };
-    if let Some(dir) = agents_dir {
-        loaded.extend(ask_agents(&dir).await?);
-    }
-    let analysis = analyse(distinct(loaded)?);
+    let analysis = analyse(args.sources.load().await?);
     let rendered = match args.format {
         Format::Text => text(&analysis),
         Format::Json => serde_json::to_string_pretty(&analysis)
@@ -137,6 +152,11 @@ pub async fn run(args: GraphArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// The types some agent handles and none emits: what is published from outside.
+pub(crate) fn entry_points(manifests: &[Manifest]) -> Vec<String> {
+    analyse(manifests.to_vec()).entry_points
 }
 
 /// A manifest and where it was read, for messages.

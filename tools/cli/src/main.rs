@@ -8,6 +8,7 @@
 //! the output.
 
 mod agents;
+mod auth;
 mod connection;
 mod console;
 mod diff;
@@ -74,6 +75,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// The choreography drawn from the agents' manifests, with its loops and loose ends.
     Graph(graph::GraphArgs),
+    /// Credentials: nats-server users allowing each agent only its manifest, and TLS certificates.
+    Auth(auth::AuthArgs),
     /// A web console: live runs, a run's tree and timeline, agents, dead letters, compare.
     Console(console::ConsoleArgs),
 }
@@ -226,6 +229,7 @@ async fn main() -> ExitCode {
         Command::Ping(args) => ping::run(args).await,
         Command::Agents(args) => agents::run(args).await,
         Command::Graph(args) => graph::run(args).await,
+        Command::Auth(args) => auth::run(args).await,
         Command::Console(args) => console::run(args).await,
     };
     match result {

@@ -183,7 +183,7 @@ async fn start_server(args: &UpArgs) -> Result<NatsServer, Failure> {
     let options = Options {
         dir: Some(args.dir.join("nats")),
         port: Some(args.port),
-        args: Vec::new(),
+        ..Options::default()
     };
     NatsServer::start_with(options)
         .await

@@ -93,6 +93,10 @@ pub struct Options {
     pub port: Option<u16>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// nats-server configuration files to include (an authorization block, a `tls` block: what
+    /// `choreo auth` writes). Copied into the server's folder, since nats-server reads includes
+    /// relative to the configuration; paths inside them should be absolute.
+    pub config_includes: Vec<PathBuf>,
 }
 
 /// A running `nats-server -js`, killed on drop.
@@ -146,12 +150,26 @@ impl NatsServer {
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
+        let mut extra_args = options.args;
+        if !options.config_includes.is_empty() {
+            let mut config =
+                String::from("# Written by choreo_local_nats: the includes asked for.\n");
+            for (index, include) in options.config_includes.iter().enumerate() {
+                let copy = format!("include-{index}.conf");
+                std::fs::copy(include, dir.join(&copy))?;
+                config.push_str(&format!("include \"{copy}\"\n"));
+            }
+            let path = dir.join("choreo.conf");
+            std::fs::write(&path, config)?;
+            extra_args.push("-c".into());
+            extra_args.push(path.display().to_string());
+        }
         Ok(NatsServer {
             binary: find_binary()?,
             dir,
             _temporary: temporary,
             port: options.port,
-            extra_args: options.args,
+            extra_args,
             child: None,
         })
     }
@@ -309,8 +327,29 @@ fn read_client_port(ports_dir: &Path, pid: u32) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
+/// Whether the server on `port` greets with `"tls_required":true`: it is up, and only the
+/// probe's lack of the CA kept it out.
+async fn requires_tls(port: u16) -> bool {
+    use tokio::io::AsyncBufReadExt as _;
+    let Ok(Ok(stream)) = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let mut info = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, reader.read_line(&mut info)).await,
+        Ok(Ok(_))
+    ) && info.starts_with("INFO ")
+        && info.contains(r#""tls_required":true"#)
+}
+
 /// True once a client can connect and JetStream answers an account query. A server configured
-/// with users refuses this anonymous probe; the refusal itself shows it is up (JetStream is
+/// with users, or requiring TLS, refuses this anonymous probe; the refusal itself shows it is up (JetStream is
 /// enabled before nats-server accepts clients).
 async fn jetstream_answers(port: u16) -> bool {
     let client = match async_nats::ConnectOptions::new()
@@ -320,11 +359,15 @@ async fn jetstream_answers(port: u16) -> bool {
     {
         Ok(client) => client,
         Err(err) => {
-            return matches!(
-                err.kind(),
+            return match err.kind() {
                 async_nats::ConnectErrorKind::AuthorizationViolation
-                    | async_nats::ConnectErrorKind::Authentication
-            );
+                | async_nats::ConnectErrorKind::Authentication => true,
+                // The probe trusts no CA, so a server that requires TLS fails its handshake.
+                async_nats::ConnectErrorKind::Tls | async_nats::ConnectErrorKind::Io => {
+                    requires_tls(port).await
+                }
+                _ => false,
+            };
         }
     };
     let mut jetstream = async_nats::jetstream::new(client.clone());
