@@ -3,7 +3,9 @@
 //! `scripts/test` into `.tools/schemathesis`) generates requests from it, valid and invalid,
 //! and checks every answer: no 5xx, every status and content type and body as described, and
 //! every refusal a problem document. Then the events stream is read: exactly the events the
-//! gateway answered `202` for are stored, and nothing of a refused request.
+//! gateway answered `202` for are stored, and nothing of a refused request. The hooks in
+//! `tests/fuzz/problem_hooks.py` add the problem+json check for every refusal and sign the
+//! GitHub deliveries generated as valid, so the webhook is fuzzed past its signature check.
 //!
 //! Without schemathesis here the test says so and passes, unless `CI` or
 //! `CHOREO_REQUIRE_DOCKER=1` is set: there `scripts/test` has installed it, so its absence is
@@ -158,6 +160,7 @@ async fn the_gateway_keeps_its_openapi_contract_under_schema_based_fuzzing() {
         .args(["--report", "har", "--report-har-path"])
         .arg(&har)
         .env("SCHEMATHESIS_HOOKS", "problem_hooks")
+        .env("CHOREO_FUZZ_GITHUB_SECRET", SECRET)
         .env(
             "PYTHONPATH",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz"),
