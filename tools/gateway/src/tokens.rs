@@ -31,9 +31,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     pub name: String,
-    allowed: Vec<TypePattern>,
+    allowed: Vec<Pattern>,
     /// Sources it may claim besides its name.
-    sources: Vec<SourcePattern>,
+    sources: Vec<Pattern>,
 }
 
 impl Client {
@@ -68,97 +68,67 @@ impl Client {
     }
 }
 
+/// What a client may send or claim: anything (`*`), one value exactly, or every value that
+/// starts with a prefix. Types and sources are patterns of this one kind; they differ only in
+/// how they are written ([`type_pattern`], [`source_pattern`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum TypePattern {
-    Any,
-    Exactly(String),
-    /// `prefix.*`: the prefix with its dot.
-    Under(String),
-}
-
-impl TypePattern {
-    fn matches(&self, event_type: &str) -> bool {
-        match self {
-            TypePattern::Any => true,
-            TypePattern::Exactly(exact) => exact == event_type,
-            TypePattern::Under(prefix) => event_type.starts_with(prefix.as_str()),
-        }
-    }
-}
-
-impl fmt::Display for TypePattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TypePattern::Any => write!(f, "*"),
-            TypePattern::Exactly(exact) => write!(f, "{exact}"),
-            TypePattern::Under(prefix) => write!(f, "{prefix}*"),
-        }
-    }
-}
-
-impl FromStr for TypePattern {
-    type Err = ValidationError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if text == "*" {
-            return Ok(TypePattern::Any);
-        }
-        if let Some(prefix) = text.strip_suffix(".*") {
-            validate_type(prefix).map_err(|err| ValidationError::new("tokens", err.reason))?;
-            return Ok(TypePattern::Under(format!("{prefix}.")));
-        }
-        validate_type(text).map_err(|err| ValidationError::new("tokens", err.reason))?;
-        Ok(TypePattern::Exactly(text.to_string()))
-    }
-}
-
-/// A source a client may claim: `*`, a prefix (`https://ci.example.com/*`), or exactly one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SourcePattern {
+enum Pattern {
     Any,
     Exactly(String),
     StartingWith(String),
 }
 
-impl SourcePattern {
-    fn matches(&self, source: &str) -> bool {
+impl Pattern {
+    fn matches(&self, value: &str) -> bool {
         match self {
-            SourcePattern::Any => true,
-            SourcePattern::Exactly(exact) => exact == source,
-            SourcePattern::StartingWith(prefix) => source.starts_with(prefix.as_str()),
+            Pattern::Any => true,
+            Pattern::Exactly(exact) => exact == value,
+            Pattern::StartingWith(prefix) => value.starts_with(prefix.as_str()),
         }
     }
 }
 
-impl fmt::Display for SourcePattern {
+impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourcePattern::Any => write!(f, "*"),
-            SourcePattern::Exactly(exact) => write!(f, "{exact}"),
-            SourcePattern::StartingWith(prefix) => write!(f, "{prefix}*"),
+            Pattern::Any => write!(f, "*"),
+            Pattern::Exactly(exact) => write!(f, "{exact}"),
+            Pattern::StartingWith(prefix) => write!(f, "{prefix}*"),
         }
     }
 }
 
-impl FromStr for SourcePattern {
-    type Err = ValidationError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if text == "*" {
-            return Ok(SourcePattern::Any);
-        }
-        let (pattern, exact) = match text.strip_suffix('*') {
-            Some(prefix) => (prefix, false),
-            None => (text, true),
-        };
-        validate_label("sources", pattern)
-            .map_err(|err| ValidationError::new("sources", format!("{text:?} {}", err.reason)))?;
-        Ok(if exact {
-            SourcePattern::Exactly(pattern.to_string())
-        } else {
-            SourcePattern::StartingWith(pattern.to_string())
-        })
+/// An event type a token may publish: `*`, `prefix.*` (every type under the prefix), or one.
+fn type_pattern(text: &str) -> Result<Pattern, ValidationError> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(Pattern::Any);
     }
+    if let Some(prefix) = text.strip_suffix(".*") {
+        validate_type(prefix).map_err(|err| ValidationError::new("tokens", err.reason))?;
+        return Ok(Pattern::StartingWith(format!("{prefix}.")));
+    }
+    validate_type(text).map_err(|err| ValidationError::new("tokens", err.reason))?;
+    Ok(Pattern::Exactly(text.to_string()))
+}
+
+/// A source a client may claim: `*`, a prefix (`https://ci.example.com/*`), or exactly one.
+fn source_pattern(text: &str) -> Result<Pattern, ValidationError> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(Pattern::Any);
+    }
+    let (pattern, exact) = match text.strip_suffix('*') {
+        Some(prefix) => (prefix, false),
+        None => (text, true),
+    };
+    validate_label("sources", pattern)
+        .map_err(|err| ValidationError::new("sources", format!("{text:?} {}", err.reason)))?;
+    Ok(if exact {
+        Pattern::Exactly(pattern.to_string())
+    } else {
+        Pattern::StartingWith(pattern.to_string())
+    })
 }
 
 /// The configured tokens.
@@ -208,7 +178,7 @@ impl Tokens {
             let patterns = sources
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
-                .map(SourcePattern::from_str)
+                .map(source_pattern)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|err| invalid(format!("({name}) allows a bad source: {}", err.reason)))?;
             if patterns.is_empty() {
@@ -292,7 +262,7 @@ impl FromStr for Tokens {
             let allowed = types
                 .split(',')
                 .filter(|t| !t.trim().is_empty())
-                .map(TypePattern::from_str)
+                .map(type_pattern)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|err| invalid(format!("({name}) allows a bad type: {}", err.reason)))?;
             if allowed.is_empty() {
