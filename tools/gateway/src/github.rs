@@ -265,5 +265,7 @@ mod tests {
         let problem =
             read(&headers(&[(EVENT, "pull_request")]), b"{}").expect_err("no delivery id");
         assert_eq!(problem.field.as_deref(), Some("X-GitHub-Delivery"));
+        let problem = read(&headers(&[(EVENT, " ")]), b"{}").expect_err("an empty event");
+        assert_eq!(problem.field.as_deref(), Some("X-GitHub-Event"));
     }
 }

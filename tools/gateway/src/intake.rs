@@ -481,9 +481,11 @@ mod tests {
         assert_eq!(problem.field.as_deref(), Some("body"));
     }
 
-    /// Found by the contract's fuzzing: a malformed key sent with a CloudEvent was ignored.
+    /// Found by the contract's fuzzing: a malformed `Idempotency-Key` or `traceparent` sent with a
+    /// CloudEvent was ignored, and the event accepted. A key must be the CloudEvent's id; a batch
+    /// takes none.
     #[test]
-    fn an_idempotency_key_with_a_cloudevent_must_be_its_id_and_a_batch_takes_none() {
+    fn headers_sent_with_a_cloudevent_are_checked_even_where_the_event_has_its_own() {
         let doc = json!({"specversion": "1.0", "id": "ce-1", "source": "ci", "type": "a.b"});
         let with_key = |content_type, key, body: &Value| {
             read(
@@ -505,6 +507,16 @@ mod tests {
                 "{problem:?}"
             );
         }
+        // Ignored when the CloudEvent has its own trace context, but refused when malformed.
+        let mut traced = doc;
+        traced["traceparent"] = json!(TRACE);
+        let problem = read(
+            &headers(&[("content-type", CLOUDEVENT), ("traceparent", "00-zz")]),
+            traced.to_string().as_bytes(),
+            "ci",
+        )
+        .expect_err("a malformed traceparent");
+        assert_eq!(problem.field.as_deref(), Some("traceparent"));
     }
 
     #[test]
