@@ -102,6 +102,20 @@ pub async fn run(args: ConsoleArgs) -> Result<(), Failure> {
         .connect()
         .await
         .map_err(|err| Failure::usage(format!("cannot connect to NATS: {err}")))?;
+    // A few seconds for the first connection, so the first pages are not "unavailable" for
+    // a server that is there; after that the pages say NATS is away until it answers.
+    for _ in 0..50 {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if client.connection_state() != async_nats::connection::State::Connected {
+        eprintln!(
+            "choreo console: NATS at {} does not answer yet; the pages say so until it does",
+            args.connection.nats_url
+        );
+    }
     let jetstream = jetstream::new(client.clone());
     let live = live::Live::start(client.clone(), jetstream.clone(), namespace.clone());
     let console = Console {
@@ -159,6 +173,7 @@ fn router(console: Console) -> Router {
         .route("/login", post(access::login))
         .route("/console.css", get(page::stylesheet))
         .route("/console.js", get(page::script))
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(page::no_such_page)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),

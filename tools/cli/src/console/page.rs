@@ -42,7 +42,9 @@ impl<'a> Layout<'a> {
         Layout {
             title: title.into(),
             console,
-            live: Some("/live/status".to_string()),
+            // Pages that change by themselves ask for a stream; the others show the state of
+            // NATS as it was when they were drawn, and hold no connection.
+            live: None,
             version: None,
             notice: None,
             plain: false,
@@ -117,6 +119,10 @@ pub fn status_banner(board: &Board) -> Markup {
             }
         } @else if !board.loaded {
             div.banner.wait { "Reading the log…" }
+        } @else {
+            // Never empty: a browser does not dispatch a server-sent event without data, and
+            // the banner must go when NATS is back.
+            span.all-well {}
         }
     }
 }
