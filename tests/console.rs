@@ -217,6 +217,8 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
     assert_eq!(elsewhere.status(), 403, "a form from another site");
 
     let screenshots = workspace_root().join("target/console-screenshots");
+    // Only this run's pictures.
+    let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots)?;
     let sample = tempfile::NamedTempFile::new()?;
     std::fs::write(sample.path(), refunds_request().diff)?;

@@ -53,9 +53,13 @@ pub struct Problem {
 }
 
 impl Board {
-    /// The first problem, if any.
-    pub fn problem(&self) -> Option<&Problem> {
-        self.nats_problem.as_ref().or(self.log_problem.as_ref())
+    /// The first problem, if any, with what it is called.
+    pub fn problem(&self) -> Option<(&'static str, &Problem)> {
+        match (&self.nats_problem, &self.log_problem) {
+            (Some(problem), _) => Some(("NATS is unavailable", problem)),
+            (None, Some(problem)) => Some(("The log cannot be read", problem)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -170,7 +174,7 @@ impl Live {
                 self.update(|board| {
                     set_problem(
                         &mut board.nats_problem,
-                        "NATS is not answering: the console reconnects by itself".to_string(),
+                        "the connection is down, and the console is reconnecting".to_string(),
                     )
                 });
                 continue;
@@ -196,7 +200,7 @@ impl Live {
                 Err(_) => self.update(|board| {
                     set_problem(
                         &mut board.nats_problem,
-                        "NATS did not answer within 5 s".to_string(),
+                        "it did not answer within 5 s".to_string(),
                     )
                 }),
             }

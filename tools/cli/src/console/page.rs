@@ -111,10 +111,9 @@ impl<'a> Layout<'a> {
 /// The banner that says NATS or the log is not answering; empty when all is well.
 pub fn status_banner(board: &Board) -> Markup {
     html! {
-        @if let Some(problem) = board.problem() {
+        @if let Some((title, problem)) = board.problem() {
             div.banner.down {
-                strong { "NATS is unavailable. " }
-                (problem.what) " (since " (clock(problem.since)) ", " (ago(problem.since)) "). "
+                strong { (title) } " since " (clock(problem.since)) ": " (problem.what) ". "
                 "What is shown is what the console had then; it catches up by itself."
             }
         } @else if !board.loaded {
@@ -339,10 +338,16 @@ pub fn clock(time: OffsetDateTime) -> String {
     }
 }
 
-/// How long ago, in one unit.
+/// How long ago, in whole units.
 pub fn ago(time: OffsetDateTime) -> String {
     let seconds = (OffsetDateTime::now_utc() - time).whole_seconds().max(0);
-    format!("{} ago", span(seconds as f64 * 1000.0))
+    match seconds {
+        0..5 => "just now".to_string(),
+        5..60 => format!("{seconds} s ago"),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} d ago", seconds / 86_400),
+    }
 }
 
 /// A duration in milliseconds, in the unit that reads best.
