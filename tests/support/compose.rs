@@ -116,8 +116,11 @@ pub fn random_hex() -> String {
 /// takes the project down with its volumes and removes its images, whatever happened before.
 #[derive(Debug)]
 pub struct Project {
-    /// The compose file, relative to the workspace root.
-    file: &'static str,
+    /// The compose file, then any layered on it (`compose.secure.yaml`), relative to the
+    /// workspace root.
+    files: Vec<&'static str>,
+    /// Variables set for compose besides the project's own ([`Project::with_env`]).
+    extra_environment: Vec<(&'static str, String)>,
     pub name: String,
     pub choreo_image: String,
     pub nats_image: String,
@@ -131,13 +134,34 @@ impl Project {
     pub fn new(file: &'static str) -> Project {
         let unique = format!("{}-{}", std::process::id(), &random_hex()[..8]);
         Project {
-            file,
+            files: vec![file],
+            extra_environment: Vec::new(),
             name: format!("choreo-test-{unique}"),
             choreo_image: format!("choreo:test-{unique}"),
             nats_image: format!("choreo-nats:test-{unique}"),
             token: random_hex(),
             others: Default::default(),
         }
+    }
+
+    /// The project with `file` layered on its compose file (`-f compose.yaml -f FILE`).
+    pub fn with_file(mut self, file: &'static str) -> Project {
+        self.files.push(file);
+        self
+    }
+
+    /// The project with `name` set to `value` for compose (read by its files' `${NAME}`).
+    pub fn with_env(mut self, name: &'static str, value: impl Into<String>) -> Project {
+        self.extra_environment.push((name, value.into()));
+        self
+    }
+
+    /// `--file F` for each of the project's files.
+    fn file_args(&self) -> Vec<&'static str> {
+        self.files
+            .iter()
+            .flat_map(|file| ["--file", file])
+            .collect()
     }
 
     /// The environment compose and scripts/images read: only what this project sets, so no
@@ -176,6 +200,7 @@ impl Project {
                 environment.push((kept, value));
             }
         }
+        environment.extend(self.extra_environment.iter().cloned());
         environment
     }
 
@@ -192,7 +217,8 @@ impl Project {
     pub fn compose(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = self.command("docker-compose");
         command
-            .args(["--project-name", &self.name, "--file", self.file])
+            .args(["--project-name", &self.name])
+            .args(self.file_args())
             .args(["--project-directory", "."])
             .args(args);
         command.into()
@@ -252,7 +278,8 @@ impl Project {
     pub fn logs(&self) -> String {
         let mut command = self.command("docker-compose");
         command
-            .args(["--project-name", &self.name, "--file", self.file])
+            .args(["--project-name", &self.name])
+            .args(self.file_args())
             .args([
                 "--project-directory",
                 ".",
@@ -286,9 +313,13 @@ impl Drop for Project {
         }
         if std::env::var_os("CHOREO_KEEP_PROJECT").is_some() {
             eprintln!(
-                "CHOREO_KEEP_PROJECT is set: project {} is left up (docker-compose -p {} -f {} \
+                "CHOREO_KEEP_PROJECT is set: project {} is left up (docker-compose -p {} {} \
                  down -v, then docker image rm {} {})",
-                self.name, self.name, self.file, self.choreo_image, self.nats_image
+                self.name,
+                self.name,
+                self.file_args().join(" "),
+                self.choreo_image,
+                self.nats_image
             );
             return;
         }
@@ -300,7 +331,8 @@ impl Drop for Project {
                 .output();
         }
         let mut down = self.command("docker-compose");
-        down.args(["--project-name", &self.name, "--file", self.file])
+        down.args(["--project-name", &self.name])
+            .args(self.file_args())
             .args(["--project-directory", ".", "down", "--volumes"])
             .args(["--remove-orphans", "--timeout", "5"]);
         match down.output() {

@@ -2,8 +2,9 @@
 //!
 //! - `generate` reads the agents' manifests (as `choreo graph` does) and writes a nats-server
 //!   authorization file with one nkey user per agent, one for the gateway, one for the stream
-//!   set-up and one for the operators' CLI ([`users`] says what each may do), and each user's
-//!   seed (`<user>.nk`) and environment (`<user>.env`), readable by the owner only. Seeds already
+//!   set-up and one for the operators' CLI ([`users`] says what each may do; public keys only,
+//!   so readable by all), and each user's seed (`<user>.nk`) and environment (`<user>.env`),
+//!   readable by the owner only. Seeds already
 //!   in the folder are kept, so generating again after a manifest changes rewrites the
 //!   permissions without handing out new keys.
 //! - `tls` makes a CA, a server certificate (localhost, 127.0.0.1, and the names given) and a
@@ -86,8 +87,9 @@ async fn generate(args: GenerateArgs) -> Result<(), Failure> {
     let agents: Vec<&str> = manifests.iter().map(|m| m.name.as_str()).collect();
     let from = format!("the manifests of {}", agents.join(", "));
     let config = users::authorization(&users, &keys, &from);
+    // Public keys and permissions only: readable by nats-server whatever user it runs as.
     let conf = args.out.join("auth.conf");
-    write_private(&conf, &config)?;
+    write_public(&conf, &config)?;
     println!(
         "wrote {} ({} users: {} agents, {}, {}, {}) and each user's <user>.nk and <user>.env in {}",
         conf.display(),
@@ -145,9 +147,18 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     })
 }
 
-/// Writes `text` to `path`, readable and writable by its owner only (secrets, and what grants
-/// them).
+/// Writes `text` to `path`, readable and writable by its owner only (secrets).
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
+    write_file(path, text, 0o600)
+}
+
+/// Writes `text` to `path`, readable by all (public keys and certificates, which a server
+/// running as another user reads).
+pub(crate) fn write_public(path: &Path, text: &str) -> Result<(), Failure> {
+    write_file(path, text, 0o644)
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Failure> {
     let cannot = |err: std::io::Error| Failure {
         code: 73,
         message: format!("cannot write {}: {err}", path.display()),
@@ -157,15 +168,17 @@ pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+        options.mode(mode);
     }
     let mut file = options.open(path).map_err(cannot)?;
-    // A file that existed keeps its mode through `open`: narrow it.
+    // A file that existed keeps its mode through `open`: set it.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(cannot)?;
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     file.write_all(text.as_bytes()).map_err(cannot)
 }

@@ -8,7 +8,7 @@
 //! | `client.pem`, `client-key.pem` | a client certificate, for mutual TLS (`NATS_TLS_CERT`, `NATS_TLS_KEY`) |
 //! | `tls.conf` | nats-server's `tls` block using them; with `--verify`, clients must show a certificate |
 //!
-//! Keys are readable by their owner only.
+//! Keys are readable by their owner only; certificates and tls.conf by all.
 
 use std::path::PathBuf;
 
@@ -17,7 +17,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use super::{create_private_dir, write_private};
+use super::{create_private_dir, write_private, write_public};
 use crate::Failure;
 
 /// Names the server certificate always holds: a local server, and the compose service.
@@ -83,11 +83,11 @@ pub fn run(args: TlsArgs) -> Result<(), Failure> {
         .map_err(failed("client certificate"))?;
 
     let out = &args.out;
-    write_private(&out.join("ca.pem"), &ca.pem())?;
+    write_public(&out.join("ca.pem"), &ca.pem())?;
     write_private(&out.join("ca-key.pem"), &ca_key_pem)?;
-    write_private(&out.join("server.pem"), &server_cert.pem())?;
+    write_public(&out.join("server.pem"), &server_cert.pem())?;
     write_private(&out.join("server-key.pem"), &server_key.serialize_pem())?;
-    write_private(&out.join("client.pem"), &client_cert.pem())?;
+    write_public(&out.join("client.pem"), &client_cert.pem())?;
     write_private(&out.join("client-key.pem"), &client_key.serialize_pem())?;
 
     let conf_dir = match args.conf_dir {
@@ -106,7 +106,7 @@ pub fn run(args: TlsArgs) -> Result<(), Failure> {
         path("ca.pem"),
         args.verify,
     );
-    write_private(&out.join("tls.conf"), &conf)?;
+    write_public(&out.join("tls.conf"), &conf)?;
     println!(
         "wrote a CA, a server certificate for {} and a client certificate in {}, and tls.conf{}",
         names.join(", "),

@@ -112,7 +112,8 @@ pub fn agent(manifest: &Manifest, team: &[Manifest]) -> User {
 }
 
 /// The gateway's user: it publishes `types` (patterns as its tokens write them: `review.requested`,
-/// `review.*`, `*`) as roots in `namespaces`, and keeps the run budgets.
+/// `review.*`, `*`) as roots in `namespaces`, keeps the run budgets, and asks whether the events
+/// stream is there (its readiness).
 pub fn gateway(namespaces: &[String], types: &[String]) -> User {
     let mut publish = Vec::new();
     for namespace in namespaces {
@@ -126,6 +127,10 @@ pub fn gateway(namespaces: &[String], types: &[String]) -> User {
             });
         }
         publish.push(format!("budget.{namespace}.*.*"));
+        // Its readiness asks for the events stream's info.
+        if let Ok(namespace) = choreo_bus::Namespace::new(namespace.as_str()) {
+            publish.push(format!("$JS.API.STREAM.INFO.{}", namespace.stream_name()));
+        }
     }
     publish.extend([
         format!("$JS.API.DIRECT.GET.{BUDGET_STREAM}.>"),
@@ -348,6 +353,7 @@ mod tests {
             "events.c1.github.pull_request.changed"
         ));
         assert!(allows(&user.publish, "budget.events.c1.events"));
+        assert!(allows(&user.publish, "$JS.API.STREAM.INFO.EVENTS"));
         assert!(!allows(&user.publish, "events.c1.review.approved"));
         assert!(!allows(
             &user.publish,
