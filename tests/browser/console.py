@@ -214,6 +214,23 @@ def main():
         assert os.path.isfile(os.path.join(REPORTS, f"{blocked}.md")), "no report written"
         shot(driver, "08-run-redriven")
 
+        step("a dead letter purged after its confirmation")
+        doomed = f"purged-{uuid.uuid4().hex[:12]}"
+        os.makedirs(os.path.join(REPORTS, f"{doomed}.md"))
+        review(doomed)
+        driver.get(f"{URL}/dead-letters?run={doomed}")
+        wait(driver, "its dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, "table.letters tr[data-dead-letter]")
+             or (d.refresh() and False))
+        row = driver.find_element(By.CSS_SELECTOR, "table.letters tr[data-dead-letter]")
+        number = row.get_attribute("data-dead-letter")
+        row.find_element(By.LINK_TEXT, "Purge…").click()
+        wait(driver, "the confirmation", lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Purge dead letter {number}?")
+        shot(driver, "08b-purge-confirmation")
+        driver.find_element(By.CSS_SELECTOR, "button.danger").click()
+        wait(driver, "the purge said", lambda d: "Purged 1 dead letter" in d.find_element(By.CSS_SELECTOR, ".banner.done").text)
+        assert not driver.find_elements(By.CSS_SELECTOR, f'tr[data-dead-letter="{number}"]'), "still listed"
+        os.rmdir(os.path.join(REPORTS, f"{doomed}.md"))
+
         step("the agents page lists every agent of the team")
         driver.get(URL + "/agents")
         wait(driver, "every agent", lambda d: all(

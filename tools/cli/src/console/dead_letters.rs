@@ -35,6 +35,10 @@ pub struct Selection {
     /// Where to go after an action.
     #[serde(default)]
     back: String,
+    /// The dead letters a purge's confirmation listed, comma-separated: exactly these are
+    /// purged, not others that came since and match the same filters.
+    #[serde(default)]
+    confirmed: String,
     /// `yes` once the person has confirmed a purge.
     #[serde(default)]
     confirm: String,
@@ -355,17 +359,21 @@ pub async fn confirm_purge(
     }
     let chosen = async {
         let store = selection.store(&console)?;
-        let chosen = selection.chosen(&store).await?;
-        if let Some(&one) = chosen.first()
-            && selection.sequence()?.is_some()
-        {
-            // One named: say so if it is not there.
-            store.get(one).await.map_err(Failure::dead_letter)?;
+        match selection.sequence()? {
+            Some(sequence) => Ok::<_, Failure>(vec![
+                store.get(sequence).await.map_err(Failure::dead_letter)?,
+            ]),
+            None => store
+                .list(&selection.filter()?)
+                .await
+                .map_err(Failure::dead_letter),
         }
-        Ok::<_, Failure>(chosen)
     };
     let chosen = match chosen.await {
         Ok(chosen) => chosen,
+        Err(failure) if failure.code == 66 => {
+            return page::not_found(&console, "Dead letter not found", &failure.message);
+        }
         Err(failure) => return page::failure(&console, &failure),
     };
     let what = match (chosen.len(), selection.sequence().ok().flatten()) {
@@ -378,10 +386,27 @@ pub async fn confirm_purge(
     let body = html! {
         h1 { "Purge " (what) "?" }
         p.big { "Purged dead letters are deleted for good: they can no longer be redriven. The runs keep the record that they failed." }
+        table.letters {
+            thead { tr { th.num { "#" } th { "Reason" } th { "Agent" } th { "Run" } th { "Event" } th { "Error" } } }
+            tbody {
+                @for stored in &chosen {
+                    tr {
+                        td.num { (stored.sequence) }
+                        td { span.badge.bad { (stored.letter.reason) } }
+                        td { (stored.letter.agent) }
+                        td.mono { (or_unknown(&stored.letter.correlation_id)) }
+                        td { (or_unknown(&stored.letter.event_type)) }
+                        td { pre { (stored.letter.error) } }
+                    }
+                }
+            }
+        }
+        p {}
         form method="post" action="/dead-letters/purge" {
             input type="hidden" name="sequence" value=(selection.sequence);
             (hidden_filters(&selection, None))
             input type="hidden" name="confirm" value="yes";
+            input type="hidden" name="confirmed" value=(chosen.iter().map(|l| l.sequence.to_string()).collect::<Vec<_>>().join(","));
             button.danger type="submit" { "Purge " (what) }
             " "
             a href={ "/dead-letters" (selection.query()) } { "Cancel" }
@@ -403,7 +428,16 @@ pub async fn purge(
     }
     let done = async {
         let store = selection.store(&console)?;
-        let chosen = selection.chosen(&store).await?;
+        let chosen: Vec<u64> = selection
+            .confirmed
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Failure::usage(format!("{s:?} is not a dead letter's number")))
+            })
+            .collect::<Result<_, _>>()?;
         for sequence in &chosen {
             store.purge(*sequence).await.map_err(Failure::dead_letter)?;
         }

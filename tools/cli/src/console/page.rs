@@ -414,3 +414,48 @@ pub fn trusted(markup: String) -> PreEscaped<String> {
 
 const STYLESHEET: &str = include_str!("console.css");
 const SCRIPT: &str = include_str!("console.js");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_sends_back_only_to_this_site() {
+        assert_eq!(local_path("/runs/r1?ns=lab"), Some("/runs/r1?ns=lab"));
+        for elsewhere in [
+            "https://evil.example/",
+            "//evil.example/x",
+            "/\\evil.example",
+            "runs",
+        ] {
+            assert_eq!(local_path(elsewhere), None, "{elsewhere}");
+        }
+    }
+
+    #[test]
+    fn query_values_are_encoded_and_empty_ones_left_out() {
+        assert_eq!(
+            query(&[("a", "events/r 1&x"), ("b", "")]),
+            "?a=events/r%201%26x"
+        );
+        assert_eq!(query(&[("b", "")]), "");
+        assert_eq!(
+            with_param("/runs/r1?ns=lab", "done", "ok."),
+            "/runs/r1?ns=lab&done=ok."
+        );
+        assert_eq!(
+            with_param("/dead-letters", "done", "a b"),
+            "/dead-letters?done=a%20b"
+        );
+    }
+
+    #[test]
+    fn times_ago_read_in_whole_units() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(ago(now), "just now");
+        assert_eq!(ago(now - time::Duration::seconds(42)), "42 s ago");
+        assert_eq!(ago(now - time::Duration::minutes(90)), "1 h ago");
+        assert_eq!(span(250.0), "250 ms");
+        assert_eq!(span(1500.0), "1.5 s");
+    }
+}
