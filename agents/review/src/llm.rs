@@ -15,10 +15,10 @@ use std::time::Duration;
 use choreo_bus::ValidationError;
 use choreo_bus::guard::{BreakerConfig, CircuitBreaker, Permit};
 use choreo_bus::handling::SpendMeter;
-use tracing::Instrument as _;
 use choreo_bus::settings::HumanDuration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Instrument as _;
 
 use crate::brain::{Review, Task};
 use crate::events::Provenance;

@@ -660,7 +660,10 @@ mod tests {
         stray.subject = "events.run-a.count.requested".into();
         board.apply(&stray);
 
-        assert!(board.state.run("run-b").is_none(), "not counted in the body's run");
+        assert!(
+            board.state.run("run-b").is_none(),
+            "not counted in the body's run"
+        );
         assert_eq!(board.state.run("run-a").map(|run| run.events), Some(1));
         assert_eq!(board.undecodable, 1);
     }

@@ -62,14 +62,17 @@ async fn handle_rate(
     if let Some(endpoint) = endpoint {
         child.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
     }
-    let output = child.output().await.context("running choreo-bench handle")?;
+    let output = child
+        .output()
+        .await
+        .context("running choreo-bench handle")?;
     anyhow::ensure!(
         output.status.success(),
         "choreo-bench handle failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .context("reading the handle round's report")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the handle round's report")?;
     report["ours"]
         .as_f64()
         .context("the handle report has no `ours` rate")

@@ -283,7 +283,6 @@ pub fn dot(trace: &RunTrace) -> String {
     out
 }
 
-
 /// A row of the page: an event, or one agent's handling of the event above it.
 enum Row<'a> {
     Event {

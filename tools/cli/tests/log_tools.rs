@@ -156,7 +156,9 @@ async fn publish_then_trace_shows_a_three_hop_run_with_its_dead_letter() -> anyh
     let root = line("a.requested  [cli]  depth 0  → handled by relay-a");
     let relay_a = line("▸ relay-a emitted: received +");
     let b = line("└─ b.done  [relay-a]  depth 1  → handled by relay-b");
-    let c = line("└─ c.done  [relay-b]  depth 2  → DEAD-LETTERED by sink: handler_rejected (the sink is broken)");
+    let c = line(
+        "└─ c.done  [relay-b]  depth 2  → DEAD-LETTERED by sink: handler_rejected (the sink is broken)",
+    );
     let sink = line("▸ sink failed: received +");
     assert!(root < relay_a && relay_a < b && b < c && c < sink, "{text}");
     assert!(lines[sink].contains("(the sink is broken)"), "{text}");

@@ -444,7 +444,6 @@ fn dot_escape(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-
 /// Where each node is drawn: columns by longest path from the entry points (edges that close
 /// a loop left out), rows ordered to put a node near what feeds it.
 #[derive(Debug)]
