@@ -182,3 +182,30 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Failure> {
     let _ = mode;
     file.write_all(text.as_bytes()).map_err(cannot)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_seed_is_written_for_the_owner_only_and_kept_when_generating_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("triage.nk");
+        let first = key_pair(&path).unwrap();
+        let again = key_pair(&path).unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+        assert!(first.public_key().starts_with('U'), "a user key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "not a seed").unwrap();
+        let err = key_pair(&path).expect_err("refused");
+        assert_eq!(err.code, 65);
+        assert!(err.message.contains("triage.nk"), "{}", err.message);
+    }
+}
