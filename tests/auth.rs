@@ -285,6 +285,30 @@ async fn an_agent_started_on_another_agents_credentials_stops_naming_what_was_re
             .contains("$JS.API.CONSUMER.CREATE.EVENTS.editor"),
         "{err}"
     );
+
+    // The agent's binary, given triage's user: it stops with exit code 77, naming the subject.
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(sibling_binary("choreo-editor")?)
+            .env("NATS_URL", secured.bus.server.url())
+            .env("NATS_NKEY_SEED_FILE", secured.seed_file("triage"))
+            .env("NATS_INBOX_PREFIX", "_INBOX_triage")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("choreo-editor on triage's credentials did not stop")??;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(77), "{said}");
+    assert!(
+        said.contains("agent editor cannot start")
+            && said.contains("$JS.API.CONSUMER.CREATE.EVENTS.editor"),
+        "{said}"
+    );
     Ok(())
 }
 
