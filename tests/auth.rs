@@ -189,15 +189,13 @@ async fn one_agents_credentials_are_refused_everything_outside_its_manifest() ->
     let triage = secured.user("triage").connect().await?;
     let triage_js = jetstream::new(triage.clone());
 
-    // Publishing a type triage does not emit: the Publisher's wait ends with the refusal.
+    // Publishing a type triage does not emit: the Publisher's confirmation is the refusal.
     let publisher = Publisher::new(triage_js.clone(), Default::default());
     let approved = root("review.approved")?.into_event()?;
     let subject = format!("events.{}.review.approved", approved.correlation_id);
-    let refused = refused_or(&subject, async {
-        publisher.send_event(&approved).await?.confirmed().await
-    })
-    .await
-    .expect_err("the server refuses triage publishing review.approved");
+    let refused = forbidden(&publisher, &approved)
+        .await
+        .context("the server refuses triage publishing review.approved")?;
     assert_eq!(refused.operation, Operation::Publish);
     assert_eq!(refused.subject, subject);
     assert!(
@@ -321,13 +319,24 @@ async fn the_gateways_credentials_publish_requests_and_cannot_approve() -> anyho
 
     let approved = root("review.approved")?.into_event()?;
     let subject = format!("events.{}.review.approved", approved.correlation_id);
-    let refused = refused_or(&subject, async {
-        publisher.send_event(&approved).await?.confirmed().await
-    })
-    .await
-    .expect_err("the gateway may not publish review.approved");
+    let refused = forbidden(&publisher, &approved)
+        .await
+        .context("the gateway may not publish review.approved")?;
     assert_eq!(refused.subject, subject);
     Ok(())
+}
+
+/// The refusal the publisher's confirmation of `event` ends with; an error saying what came
+/// instead otherwise.
+async fn forbidden(publisher: &Publisher, event: &choreo_bus::Event) -> anyhow::Result<Refusal> {
+    let confirmed = match publisher.send_event(event).await {
+        Ok(pending) => pending.confirmed().await,
+        Err(err) => Err(err),
+    };
+    match confirmed {
+        Err(choreo_bus::PublishError::Forbidden(refusal)) => Ok(refusal),
+        other => anyhow::bail!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// Reads one line the server sends.

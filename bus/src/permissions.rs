@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,16 @@ struct Refusals {
     recent: Mutex<VecDeque<(Instant, Refusal)>>,
 }
 
+/// Set at this process's first refusal. Until then a publish does not watch for one (that
+/// costs a subscription per publish): a process whose credentials fit never pays, and one that
+/// does not learns of its first refusal when the publish's confirmation times out.
+static EVER_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the server has refused this process anything yet.
+pub fn ever_refused() -> bool {
+    EVER_REFUSED.load(Ordering::Relaxed)
+}
+
 static REFUSALS: LazyLock<Refusals> = LazyLock::new(|| Refusals {
     announce: broadcast::channel(REMEMBERED).0,
     recent: Mutex::new(VecDeque::with_capacity(REMEMBERED)),
@@ -123,6 +134,7 @@ pub(crate) fn observe(event: &async_nats::Event) {
 }
 
 fn record(refusal: Refusal) {
+    EVER_REFUSED.store(true, Ordering::Relaxed);
     if let Ok(mut recent) = REFUSALS.recent.lock() {
         if recent.len() == REMEMBERED {
             recent.pop_front();

@@ -100,6 +100,10 @@ pub enum PublishError {
     },
     #[error("the stream refused the event: {detail}")]
     Refused { detail: String },
+    /// The server does not let this connection's credentials publish on the subject. Retrying
+    /// cannot help: other credentials are needed.
+    #[error(transparent)]
+    Forbidden(#[from] crate::permissions::Refusal),
 }
 
 /// Why JetStream could not take a publish just now. Each of these passes on its own (a timeout,
@@ -286,8 +290,18 @@ pub struct PendingPublish {
 
 impl PendingPublish {
     pub async fn confirmed(self) -> Result<Stored, PublishError> {
-        let ack = match self.ack.await {
+        // Once the server has refused this process something, a refusal of this subject ends
+        // the wait at once; before, it is found when the confirmation times out (below).
+        let answered = if crate::permissions::ever_refused() {
+            crate::permissions::refused_or(&self.subject, self.ack.into_future()).await?
+        } else {
+            self.ack.await
+        };
+        let ack = match answered {
             Ok(ack) => ack,
+            Err(_) if let Some(refusal) = crate::permissions::recent(&self.subject) => {
+                return Err(PublishError::Forbidden(refusal));
+            }
             // Boxed: the classification asks the server questions, and its future inlined
             // here would make every pending publish six times larger (1,872 bytes, not 440),
             // which costs on the path that succeeds (the bench holds thousands at once).

@@ -16,6 +16,7 @@
 //! | the handler failed permanently | dead letter `handler_rejected` |
 //! | the handler failed retryably while its breaker is open (not a probe) | defer |
 //! | the handler failed retryably, or publishing failed | retry after backoff; after the last attempt dead letter `handler_failed` |
+//! | the server refused a child's subject to the agent's credentials | dead letter `handler_rejected` (retrying cannot help) |
 //! | the handler ran past its timeout | retry after backoff; after the last attempt dead letter `handler_timeout` |
 //! | the handler said a dependency is unavailable | defer for its `retry_after` |
 //!
@@ -71,6 +72,8 @@ pub enum Outcome {
     Published,
     /// Publishing the children failed in a way that may pass.
     PublishFailed(String),
+    /// The server does not let the agent's credentials publish a child's subject.
+    PublishForbidden(String),
 }
 
 /// What the runtime does with a delivery.
@@ -180,6 +183,10 @@ pub fn decide(agent: &Agent, config: &RuntimeConfig, attempts: u64, outcome: Out
             DeadLetterReason::HandlerFailed,
             format!("failed on all {attempts} deliveries; last error: {error}"),
         ),
+        Outcome::PublishForbidden(error) => Fate::DeadLetter {
+            reason: DeadLetterReason::HandlerRejected,
+            error,
+        },
         Outcome::PublishFailed(error) => retry_or_give_up(
             config,
             attempts,
@@ -298,6 +305,13 @@ mod tests {
             error.contains("1m 30s") && error.contains("--handler-timeout"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_child_the_credentials_forbid_is_dead_lettered_at_once() {
+        let (reason, error) = dead_letter(fate(1, Outcome::PublishForbidden("no".into())));
+        assert_eq!(reason, DeadLetterReason::HandlerRejected);
+        assert_eq!(error, "no");
     }
 
     #[test]

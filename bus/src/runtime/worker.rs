@@ -537,6 +537,9 @@ impl<H: Handler> Worker<H> {
                         return Outcome::Unavailable(NATS_UNAVAILABLE_WAIT);
                     }
                 }
+                Err(err @ PublishError::Forbidden(_)) => {
+                    return Outcome::PublishForbidden(err.to_string());
+                }
                 Err(err) => {
                     warn!(error = %err, "could not publish children");
                     return Outcome::PublishFailed(err.to_string());

@@ -143,6 +143,11 @@ fn refusal(err: &PublishError, nats_url: &str, stored: usize, total: usize) -> P
         PublishError::Refused { .. } => {
             Problem::new(Kind::NatsRefused, format!("{err}; {outcome}"))
         }
+        // The gateway's own credentials do not reach a type its tokens allow: a deployment to
+        // fix (`choreo auth generate --gateway-types`), not the client's doing.
+        PublishError::Forbidden(_) => {
+            Problem::new(Kind::NatsRefused, format!("{err}; nothing was stored"))
+        }
     }
 }
 
