@@ -1127,7 +1127,7 @@ async fn every_handling_is_in_the_log_with_when_how_long_and_what_it_spent() -> 
     );
     assert_eq!(failed.dead_letter_count(), 1);
 
-    let ignored = bus.events("events.run-ignore.>").await?;
+    let ignored = bus.records("events.run-ignore.>").await?;
     assert_eq!(
         ignored.iter().filter(|e| e.r#type == HANDLED).count(),
         0,

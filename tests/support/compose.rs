@@ -448,12 +448,18 @@ impl Gateway {
     }
 }
 
-/// How many events of each source and type a run holds.
+/// How many events of each source and type a run holds (the runtime's handling records left
+/// out).
 pub type Shape = BTreeMap<(String, String), usize>;
 
 pub fn shape(events: &[Event]) -> Shape {
     let mut shape = Shape::new();
-    for event in events {
+    // A quiet handling's record (`choreo.handled`) is left when the handling was slow, which a
+    // fault decides, not what the run did.
+    for event in events
+        .iter()
+        .filter(|event| event.r#type != choreo_bus::handling::HANDLED)
+    {
         *shape
             .entry((event.source.clone(), event.r#type.clone()))
             .or_default() += 1;

@@ -148,8 +148,22 @@ impl<S> Bus<S> {
         Ok(event)
     }
 
-    /// Every event stored on subjects matching `filter`, in stream order.
+    /// Every event stored on subjects matching `filter`, in stream order; the runtime's
+    /// records of quiet handlings (`choreo.handled`) left out, since whether one is written
+    /// depends on how long a handling took, not on what the run did ([`Bus::records`] keeps
+    /// them).
     pub async fn events(&self, filter: &str) -> anyhow::Result<Vec<Event>> {
+        Ok(self
+            .records(filter)
+            .await?
+            .into_iter()
+            .filter(|event| event.r#type != choreo_bus::handling::HANDLED)
+            .collect())
+    }
+
+    /// Every envelope stored on subjects matching `filter`, in stream order, the runtime's
+    /// handling records included.
+    pub async fn records(&self, filter: &str) -> anyhow::Result<Vec<Event>> {
         self.raw("EVENTS", filter)
             .await?
             .into_iter()
