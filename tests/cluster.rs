@@ -110,7 +110,17 @@ async fn a_stream_leader_killed_midstream_is_waited_out_and_every_event_is_handl
     .await?;
     running.stop().await?;
 
-    let children = bus.events("events.*.out.put").await?;
+    // A read may be served by the restarted server while it still catches up (JetStream places
+    // a reader's consumer on any of the stream's servers): read until one read sees them all.
+    let read = std::sync::Mutex::new(Vec::new());
+    wait_until("every child is read back", || async {
+        let events = bus.events("events.*.out.put").await.unwrap_or_default();
+        let whole = events.len() >= EVENTS;
+        *read.lock().unwrap() = events;
+        Ok(whole)
+    })
+    .await?;
+    let children = read.into_inner().unwrap();
     assert_eq!(children.len(), EVENTS, "each event's child stored once");
     let mut per_input: HashMap<&str, usize> = HashMap::new();
     for child in &children {
