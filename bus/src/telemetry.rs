@@ -240,7 +240,9 @@ fn remote_context(traceparent: &TraceParent) -> Context {
     Context::new().with_remote_span_context(SpanContext::new(
         TraceId::from_bytes(traceparent.trace_id),
         SpanId::from_bytes(traceparent.span_id),
-        TraceFlags::SAMPLED,
+        // The caller's decision, where a caller sent a traceparent of its own; the envelope's
+        // own are sampled.
+        TraceFlags::new(traceparent.flags),
         true,
         TraceState::default(),
     ))
