@@ -299,13 +299,13 @@ impl PendingPublish {
         };
         let ack = match answered {
             Ok(ack) => ack,
-            Err(_) if let Some(refusal) = crate::permissions::recent(&self.subject) => {
-                return Err(PublishError::Forbidden(refusal));
-            }
             // Boxed: the classification asks the server questions, and its future inlined
             // here would make every pending publish six times larger (1,872 bytes, not 440),
             // which costs on the path that succeeds (the bench holds thousands at once).
             Err(err) => {
+                if let Some(refusal) = crate::permissions::recent(&self.subject) {
+                    return Err(PublishError::Forbidden(refusal));
+                }
                 return Err(Box::pin(PublishError::from_nats(
                     &self.jetstream,
                     &self.subject,
