@@ -156,43 +156,94 @@ impl Tokens {
     /// `NAME=SOURCE,SOURCE;NAME=SOURCE` (entries separated by `;` or new lines). A name that is
     /// no client's is refused: it is a typo, and its sources would go nowhere.
     pub fn with_sources(mut self, text: &str) -> Result<Self, ValidationError> {
-        for (index, entry) in text
-            .split([';', '\n'])
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .enumerate()
-        {
-            let invalid = |why: String| {
-                ValidationError::new(
-                    "sources",
-                    format!(
-                        "entry {} {why}; write NAME=SOURCE,SOURCE (entries separated by ;)",
-                        index + 1
-                    ),
-                )
-            };
-            let (name, sources) = entry
-                .split_once('=')
-                .ok_or_else(|| invalid("has no '='".into()))?;
-            let name = name.trim();
-            let patterns = sources
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(source_pattern)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| invalid(format!("({name}) allows a bad source: {}", err.reason)))?;
+        for entry in entries(text, "sources", "NAME=SOURCE,SOURCE") {
+            let entry = entry?;
+            let name = entry.name;
+            let patterns = entry.patterns(entry.value, "source", source_pattern)?;
             if patterns.is_empty() {
-                return Err(invalid(format!("({name}) names no source")));
+                return Err(entry.invalid(format!("({name}) names no source")));
             }
             let client = self
                 .by_digest
                 .values_mut()
                 .find(|client| client.name == name)
-                .ok_or_else(|| invalid(format!("names {name}, which is no token's name")))?;
+                .ok_or_else(|| entry.invalid(format!("names {name}, which is no token's name")))?;
             Arc::make_mut(client).sources.extend(patterns);
         }
         Ok(self)
     }
+}
+
+/// One `NAME=VALUE` entry of a setting written `NAME=VALUE;NAME=VALUE` (entries separated by
+/// `;` or new lines), with what it takes to refuse it by its place.
+struct Entry<'a> {
+    number: usize,
+    name: &'a str,
+    value: &'a str,
+    setting: &'static str,
+    /// How an entry is written, for the error.
+    form: &'static str,
+}
+
+impl Entry<'_> {
+    fn invalid(&self, why: impl fmt::Display) -> ValidationError {
+        ValidationError::new(
+            self.setting,
+            format!(
+                "entry {} {why}; write {} (entries separated by ;)",
+                self.number, self.form
+            ),
+        )
+    }
+
+    /// `list`'s comma-separated patterns, each read by `pattern`; `what` names one in the error.
+    fn patterns(
+        &self,
+        list: &str,
+        what: &str,
+        pattern: fn(&str) -> Result<Pattern, ValidationError>,
+    ) -> Result<Vec<Pattern>, ValidationError> {
+        list.split(',')
+            .filter(|item| !item.trim().is_empty())
+            .map(pattern)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                self.invalid(format!(
+                    "({}) allows a bad {what}: {}",
+                    self.name, err.reason
+                ))
+            })
+    }
+}
+
+/// The entries of `text`, a `setting` written `NAME=VALUE;…` as `form` shows.
+fn entries<'a>(
+    text: &'a str,
+    setting: &'static str,
+    form: &'static str,
+) -> impl Iterator<Item = Result<Entry<'a>, ValidationError>> {
+    text.split([';', '\n'])
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(move |(index, entry)| {
+            let (name, value, written) = match entry.split_once('=') {
+                Some((name, value)) => (name, value, true),
+                None => (entry, "", false),
+            };
+            let entry = Entry {
+                number: index + 1,
+                name: name.trim(),
+                value,
+                setting,
+                form,
+            };
+            if written {
+                Ok(entry)
+            } else {
+                Err(entry.invalid("has no '='"))
+            }
+        })
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -224,49 +275,29 @@ impl FromStr for Tokens {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut tokens = Tokens::default();
         let mut names = Vec::new();
-        for (index, entry) in text
-            .split([';', '\n'])
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .enumerate()
-        {
-            let invalid = |why: String| {
-                ValidationError::new(
-                    "tokens",
-                    format!(
-                        "entry {} {why}; write NAME=TOKEN:TYPE,TYPE (entries separated by ;)",
-                        index + 1
-                    ),
-                )
-            };
-            let (name, rest) = entry
-                .split_once('=')
-                .ok_or_else(|| invalid("has no '='".into()))?;
-            let (token, types) = rest
+        for entry in entries(text, "tokens", "NAME=TOKEN:TYPE,TYPE") {
+            let entry = entry?;
+            let name = entry.name;
+            let (token, types) = entry
+                .value
                 .rsplit_once(':')
-                .ok_or_else(|| invalid("has no ':' before its event types".into()))?;
-            let name = name.trim();
+                .ok_or_else(|| entry.invalid("has no ':' before its event types"))?;
             validate_label("tokens", name)
-                .map_err(|err| invalid(format!("name {}", err.reason)))?;
+                .map_err(|err| entry.invalid(format!("name {}", err.reason)))?;
             if names.contains(&name) {
-                return Err(invalid(format!("repeats the name {name}")));
+                return Err(entry.invalid(format!("repeats the name {name}")));
             }
             let token = token.trim();
             if token.len() < MIN_TOKEN_LEN {
-                return Err(invalid(format!(
+                return Err(entry.invalid(format!(
                     "({name}) has a token of {} characters; use at least {MIN_TOKEN_LEN}, e.g. \
                      from `openssl rand -hex 16`",
                     token.len()
                 )));
             }
-            let allowed = types
-                .split(',')
-                .filter(|t| !t.trim().is_empty())
-                .map(type_pattern)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| invalid(format!("({name}) allows a bad type: {}", err.reason)))?;
+            let allowed = entry.patterns(types, "type", type_pattern)?;
             if allowed.is_empty() {
-                return Err(invalid(format!(
+                return Err(entry.invalid(format!(
                     "({name}) allows no event types; name some, or * for all"
                 )));
             }
@@ -276,7 +307,7 @@ impl FromStr for Tokens {
                 sources: Vec::new(),
             });
             if tokens.by_digest.insert(digest(token), client).is_some() {
-                return Err(invalid(format!("({name}) reuses another entry's token")));
+                return Err(entry.invalid(format!("({name}) reuses another entry's token")));
             }
             names.push(name);
         }
