@@ -159,6 +159,20 @@ impl ChildHeaders {
         }
     }
 
+    /// `record` (the `index`-th child, as stored) with this handling's headers: for tests
+    /// that fold children without a server.
+    #[cfg(test)]
+    pub(crate) fn on(
+        &self,
+        index: usize,
+        mut record: crate::log::LogRecord,
+    ) -> crate::log::LogRecord {
+        let mut headers = record.headers.take().unwrap_or_default();
+        self.write(index, &mut headers);
+        record.headers = Some(headers);
+        record
+    }
+
     /// Writes the record onto the `index`-th child's headers; the spend goes on the first
     /// child only, so a run's cost is counted once per handling.
     pub fn write(&self, index: usize, map: &mut async_nats::HeaderMap) {

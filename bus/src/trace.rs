@@ -546,13 +546,8 @@ mod tests {
             model: "m".into(),
         };
         let handling = ChildHeaders::new(received, Duration::from_secs(12), &spend);
-        let with_headers = |sequence, event: &Event, index| {
-            let mut record = record(sequence, event);
-            let mut headers = async_nats::HeaderMap::new();
-            handling.write(index, &mut headers);
-            record.headers = Some(headers);
-            record
-        };
+        let with_headers =
+            |sequence, event: &Event, index| handling.on(index, record(sequence, event));
         let notice = HandlingNotice {
             agent: "waiter".into(),
             event_id: root.id.clone(),

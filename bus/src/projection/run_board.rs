@@ -686,11 +686,7 @@ mod tests {
         let child = |index| {
             let emit = emit("count.done").tokens_used(if index == 0 { 40 } else { 0 });
             let event = stamp_child(&root, &agent("counter"), index, emit);
-            let mut record = record(2 + index as u64, &event);
-            let mut headers = async_nats::HeaderMap::new();
-            handling.write(index, &mut headers);
-            record.headers = Some(headers);
-            record
+            handling.on(index, record(2 + index as u64, &event))
         };
         let failed = HandlingNotice {
             agent: "judge".into(),
