@@ -425,12 +425,13 @@ impl Publisher {
     }
 }
 
-/// The headers every event message carries.
+/// The headers every event message carries (public so a benchmark can send the same wire
+/// messages without the bus).
 ///
 /// Names are made at compile time (a name given as `&str` is checked and looked up among
 /// NATS's standard ones on every insert) and numbers written without `fmt`: this runs for
 /// every event published.
-pub(crate) fn event_headers(event: &Event) -> HeaderMap {
+pub fn event_headers(event: &Event) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(
         const { HeaderName::from_static(headers::MSG_ID) },

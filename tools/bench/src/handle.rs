@@ -36,10 +36,10 @@ const EVENT_TYPE: &str = "bench.handled";
 const ECHO_TYPE: &str = "bench.echoed";
 
 pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Result<Report> {
-    fresh_streams(client).await?;
-    let jetstream = jetstream::new(client.clone());
-    preload(&jetstream, settings).await?;
-    let stream = jetstream.get_stream("EVENTS").await?;
+    if !settings.preloaded {
+        fresh_streams_preloaded(client, settings).await?;
+    }
+    let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
 
     let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
@@ -64,10 +64,8 @@ pub async fn run_guards(
     client: &async_nats::Client,
     settings: &Settings,
 ) -> anyhow::Result<Report> {
-    fresh_streams(client).await?;
-    let jetstream = jetstream::new(client.clone());
-    preload(&jetstream, settings).await?;
-    let stream = jetstream.get_stream("EVENTS").await?;
+    fresh_streams_preloaded(client, settings).await?;
+    let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
 
     let (mut without_rounds, mut with_rounds) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
@@ -108,8 +106,13 @@ fn guarded() -> anyhow::Result<RuntimeConfig> {
     }))
 }
 
-async fn preload(jetstream: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
-    let publisher = Publisher::new(jetstream.clone(), Default::default());
+/// New streams, `EVENTS` holding `settings.messages` events for the rounds to read.
+pub async fn fresh_streams_preloaded(
+    client: &async_nats::Client,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    fresh_streams(client).await?;
+    let publisher = Publisher::new(jetstream::new(client.clone()), Default::default());
     let event_type = EventType::new(EVENT_TYPE)?;
     let data = bytes::Bytes::from(serde_json::to_vec(&payload(settings.payload))?);
     publish_envelopes(

@@ -74,6 +74,13 @@ struct Args {
     /// `review`: reviews of the sample change, one at a time.
     #[arg(long, default_value_t = 200)]
     reviews: usize,
+    /// `handle`: read the events already in the server's `EVENTS` stream instead of new
+    /// streams loaded here (how `telemetry` runs its child processes).
+    #[arg(long, hide = true)]
+    preloaded: bool,
+    /// Set up logs (on stderr) and traces as an agent process does, rather than traces only.
+    #[arg(long, hide = true)]
+    as_agent: bool,
 }
 
 const SCENARIOS: [&str; 11] = [
@@ -100,6 +107,7 @@ pub struct Settings {
     pub storms: usize,
     pub log_events: usize,
     pub reviews: usize,
+    pub preloaded: bool,
 }
 
 /// One scenario's result.
@@ -235,8 +243,13 @@ pub fn median(values: &[f64]) -> f64 {
 async fn main() -> ExitCode {
     let args = Args::parse();
     // Spans exported only where OTEL_EXPORTER_OTLP_ENDPOINT is set: the `telemetry`
-    // scenario's child processes.
-    let _telemetry = match choreo_bus::telemetry::init_traces("choreo-bench") {
+    // scenario's child processes, which also log as an agent does (`--as-agent`).
+    let telemetry = if args.as_agent {
+        choreo_bus::telemetry::init("choreo-bench")
+    } else {
+        choreo_bus::telemetry::init_traces("choreo-bench")
+    };
+    let _telemetry = match telemetry {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("choreo-bench: {err}");
@@ -295,6 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         storms: args.storms,
         log_events: args.log_events,
         reviews: args.reviews,
+        preloaded: args.preloaded,
     };
     let scenarios: Vec<&str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -332,7 +346,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             "handle" => compared(handle::run(&client, &settings).await?)?,
             "guards" => compared(handle::run_guards(&client, &settings).await?)?,
-            "telemetry" => compared(telemetry::run(&url, &settings).await?)?,
+            "telemetry" => compared(telemetry::run(&client, &url, &settings).await?)?,
             "flood" => {
                 let flood = flood::run(&client, &settings).await?;
                 let table = format!(

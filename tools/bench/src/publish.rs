@@ -3,8 +3,8 @@
 //! - `raw`: pre-made bytes as long as our encoded envelope, on one subject, without headers:
 //!   what a message of that size costs the client and the server.
 //! - `same_wire`: our exact messages, published raw: the subjects (`<ns>.<run>.<type>`, spread
-//!   over 256 runs), the headers (`Nats-Msg-Id`, `Choreo-Depth`, and `Choreo-Causation-Id`
-//!   where an event has one) and the encoded envelopes, all built before the clock starts.
+//!   over 256 runs), the headers (`Nats-Msg-Id`, `Choreo-Depth`, `traceparent`, and
+//!   `Choreo-Causation-Id` where an event has one) and the encoded envelopes, all built before the clock starts.
 //!   Ours over it (`ratio_same_wire`) is what our own code costs; `same_wire` over `raw` is
 //!   what the server charges for what the design puts on the wire (deduplication on the id,
 //!   a subject per run).
@@ -31,7 +31,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use choreo_bus::envelope::stamp_child;
-use choreo_bus::publish::headers;
+use choreo_bus::publish::event_headers;
 use choreo_bus::{
     AgentName, Emit, Event, EventType, Namespace, Publisher, RootEvent, envelope::JSON,
 };
@@ -164,21 +164,15 @@ struct WireMessage {
 }
 
 impl WireMessage {
-    /// The subject, headers and bytes the bus sends for `event`. The bus builds its headers in
-    /// a private function; these are built the same way, and [`check_same_wire`] compares them
-    /// with what the bus really sent.
+    /// The subject, headers and bytes the bus sends for `event`, built with the bus's own
+    /// header function before the clock starts; [`check_same_wire`] compares them with what
+    /// the bus really stored.
     fn of(namespace: &Namespace, event: &Event) -> WireMessage {
-        let mut headers = HeaderMap::new();
-        headers.insert(headers::MSG_ID, event.id.as_str());
-        if !event.causation_id.is_empty() {
-            headers.insert(headers::CAUSATION_ID, event.causation_id.as_str());
-        }
-        headers.insert(headers::DEPTH, event.depth.to_string().as_str());
         WireMessage {
             subject: namespace
                 .event_subject(&event.correlation_id, &event.r#type)
                 .into(),
-            headers,
+            headers: event_headers(event),
             payload: event.encode_to_vec().into(),
         }
     }
@@ -214,8 +208,8 @@ async fn check_same_wire(
         anyhow::ensure!(
             sent == ours,
             "the same_wire side no longer sends what Publisher sends: Publisher stored {sent:?}, \
-             the bench would send {ours:?}; make WireMessage::of build what \
-             choreo_bus::publish::event_headers builds"
+             the bench would send {ours:?}; WireMessage::of must send what \
+             Publisher::send_event sends"
         );
     }
     Ok(())

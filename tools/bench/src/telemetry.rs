@@ -2,8 +2,8 @@
 //! over the same without an exporter; ratio = with / without.
 //!
 //! A process exports or not for its whole life (the tracing layers are installed once), so
-//! each side runs in a child `choreo-bus handle` process against this run's server, one round
-//! each, alternating; the receiver (here) answers every export 200 and counts the spans'
+//! each side runs in a child `choreo-bench handle --preloaded` process against this run's
+//! server and the events loaded here, one round each, alternating; the receiver (here) answers every export 200 and counts the spans'
 //! bytes, so the report shows the export really happened.
 
 use std::sync::Arc;
@@ -13,7 +13,14 @@ use anyhow::Context as _;
 
 use crate::{Report, Settings};
 
-pub async fn run(nats_url: &str, settings: &Settings) -> anyhow::Result<Report> {
+pub async fn run(
+    client: &async_nats::Client,
+    nats_url: &str,
+    settings: &Settings,
+) -> anyhow::Result<Report> {
+    // Loaded here, not by each child: the children's spans are then their handlings' alone,
+    // not also a preload's still being exported while the handling is timed.
+    crate::handle::fresh_streams_preloaded(client, settings).await?;
     let exported = Arc::new(AtomicU64::new(0));
     let receiver = axum::Router::new().route(
         "/v1/traces",
@@ -53,7 +60,14 @@ async fn handle_rate(
 ) -> anyhow::Result<f64> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?);
     child
-        .args(["handle", "--json", "--rounds", "1"])
+        .args([
+            "handle",
+            "--json",
+            "--rounds",
+            "1",
+            "--preloaded",
+            "--as-agent",
+        ])
         .args(["--messages", &settings.messages.to_string()])
         .args(["--payload", &settings.payload.to_string()])
         .args(["--nats-url", nats_url])
