@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{
     self, context::PublishErrorKind, publish::PublishAck, response::Response,
 };
-use async_nats::{HeaderMap, HeaderName};
+use async_nats::{HeaderMap, HeaderName, Subject};
 use choreo_proto::v1::Event;
 use prost::Message;
 
@@ -284,7 +284,8 @@ pub struct PendingPublish {
     ack: jetstream::context::PublishAckFuture,
     /// To ask the server what a failure means (see [`PublishError::from_nats`]).
     jetstream: Arc<jetstream::Context>,
-    subject: String,
+    /// Shares the sent message's bytes: kept for the error path without a copy per publish.
+    subject: Subject,
     size: usize,
 }
 
@@ -393,9 +394,10 @@ impl Publisher {
         event: &Event,
         headers: HeaderMap,
     ) -> Result<PendingPublish, PublishError> {
-        let subject = self
-            .namespace
-            .event_subject(&event.correlation_id, &event.r#type);
+        let subject = Subject::from(
+            self.namespace
+                .event_subject(&event.correlation_id, &event.r#type),
+        );
         let payload = event.encode_to_vec();
         let size = payload.len();
         // Ended when this send is: the span covers handing the event to NATS.

@@ -19,8 +19,8 @@
 //! - a **producer** span per event published, `publish <type>`, whose span id is the one in
 //!   the event's own `traceparent` (so whatever handles the event hangs under it), child of
 //!   the handling that emitted it;
-//! - a **consumer** span per handling, `process <type>`, the runtime's `handle` span, whose
-//!   parent is the event's `traceparent`;
+//! - a **consumer** span per handling, `process <type>`, whose parent is the event's
+//!   `traceparent`, marked failed when the handler failed or timed out;
 //! - a **client** span per model call, `chat <model>`, with the GenAI attributes, under the
 //!   handling that made it.
 //!
@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use choreo_proto::v1::Event;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
-    TracerProvider as _,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
@@ -51,6 +51,10 @@ use crate::envelope::TraceParent;
 pub const ENV_HELP: &str = "Logs (environment): CHOREO_LOG_FORMAT=human|json [default: human], \
                             RUST_LOG=FILTER [default: info]. Traces: OTEL_EXPORTER_OTLP_ENDPOINT=URL \
                             (OTLP over HTTP) and the other standard OTEL_* variables [default: off]";
+
+/// The name of the runtime's span around each handling, in the logs; the traces have their
+/// own consumer span for it ([`consumer_span`]).
+pub(crate) const HANDLE_SPAN: &str = "handle";
 
 /// How long the spans not yet exported get at exit.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
@@ -149,11 +153,12 @@ fn install(service: &str, logs: Option<BoxedLayer>) -> Result<Telemetry, Telemet
     let traces = provider.as_ref().map(|provider| {
         let tracer = provider.tracer("choreo");
         let _ = TRACER.set(tracer.clone());
-        // Only spans: the log lines go to the logs, not into the trace as events. Every handling
-        // is a span, so the layer does no work per span that nothing reads: no source location,
-        // thread or target attributes (the span's own fields say what it is), no busy/idle
-        // clocks on every poll, and no OpenTelemetry context made current on every poll (our
-        // spans find their parents through `tracing`'s, not OpenTelemetry's, current span).
+        // Only spans: the log lines go to the logs, not into the trace as events; and not the
+        // runtime's `handle` span, whose consumer span `consumer_span` makes. The layer does no
+        // work per span that nothing reads: no source location, thread or target attributes,
+        // no busy/idle clocks on every poll, and no OpenTelemetry context made current on
+        // every poll (a span made inside a handling finds it as the current context, which the
+        // runtime sets).
         tracing_opentelemetry::layer()
             .with_location(false)
             .with_threads(false)
@@ -161,7 +166,9 @@ fn install(service: &str, logs: Option<BoxedLayer>) -> Result<Telemetry, Telemet
             .with_tracked_inactivity(false)
             .with_context_activation(false)
             .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.name() != HANDLE_SPAN
+            }))
             .boxed()
     });
     let layers: Vec<BoxedLayer> = logs.into_iter().chain(traces).collect();
@@ -300,7 +307,14 @@ pub(crate) fn producer_span(
         return None;
     }
     let tracer = TRACER.get()?;
-    let parent = tracing::Span::current().context();
+    // Inside a handling, the handling's consumer span; elsewhere (the gateway, the CLI) the
+    // current `tracing` span's.
+    let current = Context::current();
+    let parent = if current.has_active_span() {
+        current
+    } else {
+        tracing::Span::current().context()
+    };
     let traceparent = TraceParent::parse(&event.traceparent);
     // A root whose publisher gave its own traceparent: the publishing hangs under the
     // caller's span, and so do the handlings (they name the caller's span as parent).
@@ -340,28 +354,52 @@ pub(crate) fn producer_span(
     Some(span)
 }
 
-/// Makes the runtime's `handle` span the consumer span of `event` by `agent`: its name, kind,
-/// messaging attributes, and its parent the event's `traceparent`. Nothing when not exporting.
-/// `span` must declare the fields `otel.name` and `otel.kind` (empty) and not be entered yet.
-pub(crate) fn consumer_span(span: &tracing::Span, agent: &str, event: &Event, subject: &str) {
+/// The consumer span of one handling of `event` (delivery `delivery`, on `subject`) by
+/// `agent`: `process <type>`, child of the event's `traceparent`, as the context to run the
+/// handling in ([`opentelemetry::context::FutureExt::with_context`]), so the spans made
+/// during it (its children's producer spans, its model calls') hang under it. `None` when
+/// not exporting. End it with [`end_consumer_span`].
+///
+/// Made with the OpenTelemetry API rather than from the runtime's `handle` span, which the
+/// trace layer leaves out ([`HANDLE_SPAN`]): converting a `tracing` span (visiting its
+/// fields, looking it up on every attribute set, building it at close) costs several times
+/// this, on every handling.
+pub(crate) fn consumer_span(
+    agent: &str,
+    event: &Event,
+    subject: &str,
+    delivery: u64,
+) -> Option<Context> {
     if !exporting() {
-        return;
+        return None;
     }
-    span.record("otel.name", format!("process {}", event.r#type));
-    span.record("otel.kind", "consumer");
-    if let Some(traceparent) = TraceParent::parse(&event.traceparent) {
-        let _ = span.set_parent(remote_context(&traceparent));
+    let tracer = TRACER.get()?;
+    let parent = TraceParent::parse(&event.traceparent)
+        .map_or_else(Context::new, |traceparent| remote_context(&traceparent));
+    let mut attributes = message_attributes(event, subject);
+    attributes.extend([
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.consumer.group.name", agent.to_string()),
+        KeyValue::new(
+            "choreo.delivery",
+            i64::try_from(delivery).unwrap_or(i64::MAX),
+        ),
+    ]);
+    let builder = tracer
+        .span_builder(format!("process {}", event.r#type))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes);
+    let span = tracer.build_with_context(builder, &parent);
+    Some(parent.with_span(span))
+}
+
+/// Ends the consumer span in `consumer`; `failure`, the handler's error, marks it failed.
+pub(crate) fn end_consumer_span(consumer: &Context, failure: Option<String>) {
+    let span = consumer.span();
+    if let Some(failure) = failure {
+        span.set_status(Status::error(failure));
     }
-    // The span's own fields already carry the type, source-side ids and depth.
-    span.set_attribute("messaging.system", "nats");
-    span.set_attribute("messaging.destination.name", subject.to_string());
-    span.set_attribute("messaging.message.id", event.id.clone());
-    span.set_attribute(
-        "messaging.message.conversation_id",
-        event.correlation_id.clone(),
-    );
-    span.set_attribute("messaging.operation.type", "process");
-    span.set_attribute("messaging.consumer.group.name", agent.to_string());
+    span.end();
 }
 
 #[cfg(test)]

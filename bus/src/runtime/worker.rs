@@ -13,6 +13,7 @@ use async_nats::jetstream;
 use choreo_proto::v1::Event;
 use futures::FutureExt;
 use futures::future::join_all;
+use opentelemetry::context::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
@@ -174,10 +175,12 @@ impl<H: Handler> Worker<H> {
                     .await;
             }
         };
+        // The span of this handling in the logs. Traces get their consumer span from the
+        // OpenTelemetry API directly (below), not from this one: per handling that is a
+        // fraction of the work of converting a `tracing` span.
         let span = info_span!(
-            "handle",
-            // Strings, not `%` (Display): a trace exporter then copies them rather than
-            // formatting each one.
+            crate::telemetry::HANDLE_SPAN,
+            // Strings, not `%` (Display): nothing formats them unless a log line is written.
             agent = self.agent.name().as_str(),
             event_id = event.id.as_str(),
             event_type = event.r#type.as_str(),
@@ -185,30 +188,39 @@ impl<H: Handler> Worker<H> {
             causation_id = event.causation_id.as_str(),
             depth = event.depth,
             delivery = facts.delivered,
-            otel.name = tracing::field::Empty,
-            otel.kind = tracing::field::Empty,
         );
-        crate::telemetry::consumer_span(
-            &span,
-            self.agent.name().as_str(),
-            &event,
-            message.subject.as_str(),
-        );
-        async {
+        let handling = async {
             let (outcome, ran) = self.handle(&event, &facts, received).await;
             if let Some(ran) = &ran {
                 self.record_quiet_handling(&event, &facts, ran, &outcome)
                     .await;
             }
+            let failure = crate::telemetry::exporting()
+                .then(|| handler_failure(&outcome).map(|(_, error)| error))
+                .flatten();
             let original = Original {
                 event: Some(&event),
                 ..original
             };
             self.settle(&message, lease, original, &facts, outcome, ran.as_ref())
                 .await;
+            failure
         }
-        .instrument(span)
-        .await;
+        .instrument(span);
+        match crate::telemetry::consumer_span(
+            self.agent.name().as_str(),
+            &event,
+            message.subject.as_str(),
+            facts.delivered,
+        ) {
+            None => {
+                handling.await;
+            }
+            Some(consumer) => {
+                let failure = handling.with_context(consumer.clone()).await;
+                crate::telemetry::end_consumer_span(&consumer, failure);
+            }
+        }
     }
 
     /// Everything from the checks before the handler to its answer, with the handler's run
@@ -412,14 +424,10 @@ impl<H: Handler> Worker<H> {
             Outcome::Handled {
                 result: Ok(emits), ..
             } if emits.is_empty() => (HandlingEnd::EmittedNothing, String::new()),
-            Outcome::Handled {
-                result: Err(err), ..
-            } => (HandlingEnd::Failed, err.to_string()),
-            Outcome::TimedOut(limit) => (
-                HandlingEnd::TimedOut,
-                format!("cancelled after {}", humantime::format_duration(*limit)),
-            ),
-            _ => return,
+            _ => match handler_failure(outcome) {
+                Some(failure) => failure,
+                None => return,
+            },
         };
         if end == HandlingEnd::EmittedNothing
             && ran.spend.is_empty()
@@ -588,4 +596,19 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic".to_string());
     format!("handler panicked: {text}")
+}
+
+/// How the handler failed, with what to tell: its error, or the timeout that cancelled it;
+/// `None` when it answered (or never ran).
+fn handler_failure(outcome: &Outcome) -> Option<(HandlingEnd, String)> {
+    match outcome {
+        Outcome::Handled {
+            result: Err(err), ..
+        } => Some((HandlingEnd::Failed, err.to_string())),
+        Outcome::TimedOut(limit) => Some((
+            HandlingEnd::TimedOut,
+            format!("cancelled after {}", humantime::format_duration(*limit)),
+        )),
+        _ => None,
+    }
 }

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, oneshot};
 
 use crate::publish::publish_envelopes;
-use crate::{Report, Settings, fresh_streams, payload, run_ids};
+use crate::{Report, Settings, fresh_streams, median, payload, run_ids, with_client_cpu};
 
 const EVENT_TYPE: &str = "bench.handled";
 const ECHO_TYPE: &str = "bench.echoed";
@@ -41,21 +41,29 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     }
     let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
 
+    let n = settings.messages;
     let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
+    let (mut raw_cpu, mut ours_cpu) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
-        raw_rounds.push(raw_round(&stream, settings.messages, round).await?);
+        let (rate, cpu) = with_client_cpu(n, raw_round(&stream, n, round)).await?;
+        raw_rounds.push(rate);
+        raw_cpu.extend(cpu);
         let ours = format!("ours-{round}");
         let config = with_metrics(RuntimeConfig::default());
-        ours_rounds.push(runtime_round(client, settings.messages, &ours, config, false).await?);
+        let (rate, cpu) =
+            with_client_cpu(n, runtime_round(client, n, &ours, config, false)).await?;
+        ours_rounds.push(rate);
+        ours_cpu.extend(cpu);
         stream.delete_consumer(&format!("raw-{round}")).await?;
         stream.delete_consumer(&ours).await?;
     }
-    Ok(Report::throughput(
-        "handle",
-        settings,
-        raw_rounds,
-        ours_rounds,
-    ))
+    let mut report = Report::throughput("handle", settings, raw_rounds, ours_rounds);
+    for (side, cpu) in [("raw", raw_cpu), ("ours", ours_cpu)] {
+        if !cpu.is_empty() {
+            report.client_cpu_us_per_msg.insert(side, median(&cpu));
+        }
+    }
+    Ok(report)
 }
 
 /// `guards`: the runtime with every guard on but not tripping vs with none; ratio = with /

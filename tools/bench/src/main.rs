@@ -483,3 +483,31 @@ pub fn run_ids() -> Vec<String> {
 pub fn payload(bytes: usize) -> serde_json::Value {
     serde_json::json!({ "text": "x".repeat(bytes.saturating_sub(12)) })
 }
+
+/// Runs `work` (which handles `n` messages and returns msgs/s) and returns its rate with the
+/// CPU time this process spent meanwhile, per message, in µs: the client's cost, which on a
+/// machine shared with other work moves less than the rate. `None` where the kernel does not
+/// say (no `/proc`).
+pub async fn with_client_cpu(
+    n: usize,
+    work: impl Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let before = process_cpu_ns();
+    let rate = work.await?;
+    let per_message = match (before, process_cpu_ns()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / 1e3 / n as f64),
+        _ => None,
+    };
+    Ok((rate, per_message))
+}
+
+/// The CPU time of this process's threads so far, in ns (the first field of each thread's
+/// `schedstat`: the whole process, at a finer grain than the clock ticks of `/proc/self/stat`).
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for thread in std::fs::read_dir("/proc/self/task").ok()? {
+        let schedstat = std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok()?;
+        total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}

@@ -38,7 +38,7 @@ use choreo_bus::{
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 
-use crate::{Report, Settings, fresh_streams, median, payload, run_ids};
+use crate::{Report, Settings, fresh_streams, median, payload, run_ids, with_client_cpu};
 
 /// Acknowledgements awaited at once, on every side (below async-nats's default cap of 5,000).
 pub const ACK_WINDOW: usize = 4096;
@@ -262,34 +262,6 @@ pub async fn publish_envelopes(
         }
     })
     .await
-}
-
-/// Runs `publish` (which sends `n` messages and returns msgs/s) and returns its rate with the
-/// CPU time this process spent meanwhile, per message, in µs: the client's cost, which on a
-/// machine shared with other work moves less than the rate. `None` where the kernel does not
-/// say (no `/proc`).
-async fn with_client_cpu(
-    n: usize,
-    publish: impl Future<Output = anyhow::Result<f64>>,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let before = process_cpu_ns();
-    let rate = publish.await?;
-    let per_message = match (before, process_cpu_ns()) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / 1e3 / n as f64),
-        _ => None,
-    };
-    Ok((rate, per_message))
-}
-
-/// The CPU time of this process's threads so far, in ns (the first field of each thread's
-/// `schedstat`: the whole process, at a finer grain than the clock ticks of `/proc/self/stat`).
-fn process_cpu_ns() -> Option<u64> {
-    let mut total = 0;
-    for thread in std::fs::read_dir("/proc/self/task").ok()? {
-        let schedstat = std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok()?;
-        total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
 }
 
 /// Sends `n` messages with up to [`ACK_WINDOW`] acknowledgements outstanding; returns msgs/s.

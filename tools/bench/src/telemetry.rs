@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 
-use crate::{Report, Settings};
+use crate::{Report, Settings, median};
 
 pub async fn run(
     client: &async_nats::Client,
@@ -37,9 +37,14 @@ pub async fn run(
     let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
 
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut without_cpu, mut with_cpu) = (Vec::new(), Vec::new());
     for _ in 0..settings.rounds {
-        without.push(handle_rate(nats_url, settings, None).await?);
-        with.push(handle_rate(nats_url, settings, Some(&endpoint)).await?);
+        let (rate, cpu) = handle_round(nats_url, settings, None).await?;
+        without.push(rate);
+        without_cpu.extend(cpu);
+        let (rate, cpu) = handle_round(nats_url, settings, Some(&endpoint)).await?;
+        with.push(rate);
+        with_cpu.extend(cpu);
     }
     server.abort();
     anyhow::ensure!(
@@ -48,16 +53,21 @@ pub async fn run(
     );
     let mut report = Report::throughput("telemetry", settings, without, with);
     report.raw_is = Some("the handle scenario's runtime without an exporter (OTEL_* unset)");
+    for (side, cpu) in [("raw", without_cpu), ("ours", with_cpu)] {
+        if !cpu.is_empty() {
+            report.client_cpu_us_per_msg.insert(side, median(&cpu));
+        }
+    }
     Ok(report)
 }
 
 /// The runtime's rate in one `handle` round of a child process, exporting to `endpoint` if
-/// given.
-async fn handle_rate(
+/// given, with the child's CPU time per event (exporting thread included) where it says.
+async fn handle_round(
     nats_url: &str,
     settings: &Settings,
     endpoint: Option<&str>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<f64>)> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?);
     child
         .args([
@@ -87,7 +97,8 @@ async fn handle_rate(
     );
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("reading the handle round's report")?;
-    report["ours"]
+    let rate = report["ours"]
         .as_f64()
-        .context("the handle report has no `ours` rate")
+        .context("the handle report has no `ours` rate")?;
+    Ok((rate, report["client_cpu_us_per_msg"]["ours"].as_f64()))
 }
