@@ -466,20 +466,18 @@ impl TraceParent {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        encode_hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 
-    /// The `traceparent` text, `00-<trace id>-<span id>-<flags>`. Written into one buffer of
-    /// the right size rather than through `Display`: this runs for every event published.
+    /// The `traceparent` text, `00-<trace id>-<span id>-<flags>`. Written in place over a
+    /// template rather than through `Display`: this runs for every event published.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.span_id);
-        out.push('-');
-        push_hex(&mut out, &[self.flags]);
-        out
+        // Each slice is exactly twice its bytes' length, the only way `encode_to_slice` fails.
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        let _ = hex::encode_to_slice([self.flags], &mut out[53..55]);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -489,28 +487,9 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-}
-
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
