@@ -19,6 +19,7 @@ use choreo_testkit::{Bus, wait_until, workspace_root};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message as _;
 
 /// One span as the receiver decoded it.
@@ -31,6 +32,8 @@ struct Received {
     name: String,
     kind: SpanKind,
     attributes: BTreeMap<String, String>,
+    /// The status message of a span marked failed.
+    failed: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +89,11 @@ async fn export(State(spans): State<Spans>, body: axum::body::Bytes) -> axum::re
                 name: span.name.clone(),
                 kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
                 attributes: attributes(&span.attributes),
+                failed: span
+                    .status
+                    .as_ref()
+                    .filter(|status| status.code == StatusCode::Error as i32)
+                    .map(|status| status.message.clone()),
             });
         }
     }
@@ -109,9 +117,18 @@ async fn receiver(address: std::net::SocketAddr) -> anyhow::Result<(String, Span
     Ok((format!("http://{bound}"), spans))
 }
 
-/// Requests a review of the sample change with the `choreo` binary, as run `id`.
-async fn review_from_the_cli(bus: &Bus, id: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let diff = workspace_root().join("agents/review/samples/refunds.diff");
+/// Requests a review of `diff` (by default the sample change) with the `choreo` binary, as run
+/// `id`.
+async fn review_from_the_cli(
+    bus: &Bus,
+    id: &str,
+    env: &[(&str, &str)],
+    diff: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let diff = diff.map_or_else(
+        || workspace_root().join("agents/review/samples/refunds.diff"),
+        std::path::Path::to_path_buf,
+    );
     let request = refunds_request();
     let mut command = clean_command(&sibling_binary("choreo")?, &bus.server.url());
     command
@@ -145,6 +162,8 @@ async fn delivered(bus: &Bus, team: &Team, run: &str) -> anyhow::Result<Vec<Even
 }
 
 const ANSWER: &str = r#"{"findings": []}"#;
+/// A change carrying this is refused by the test's model endpoint.
+const REFUSED: &str = "REFUSE-THIS-CHANGE";
 
 #[tokio::test]
 async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyhow::Result<()> {
@@ -155,7 +174,7 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     let (_, default_port) = receiver(std::net::SocketAddr::from(([127, 0, 0, 1], 4318))).await?;
     let mut team = Team::new(bus.server.url())?;
     team.start_all(&quick_export)?;
-    review_from_the_cli(&bus, "run-untraced", &quick_export).await?;
+    review_from_the_cli(&bus, "run-untraced", &quick_export, None).await?;
     delivered(&bus, &team, "run-untraced").await?;
     // Stopped, every process has flushed whatever it had to export.
     team.stop().await;
@@ -169,9 +188,17 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     );
 
     let (endpoint, spans) = receiver(loopback()).await?;
+    // Answers every call, but refuses (400: the brain fails the handling at once) a change
+    // that carries REFUSED.
     let chat = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(|| async { chat_answer("chatcmpl-otel", "gpt-otel-1", ANSWER) }),
+        axum::routing::post(|body: String| async move {
+            if body.contains(REFUSED) {
+                (axum::http::StatusCode::BAD_REQUEST, "refused by the test").into_response()
+            } else {
+                chat_answer("chatcmpl-otel", "gpt-otel-1", ANSWER).into_response()
+            }
+        }),
     );
     let (chat_address, _chat) = serve(loopback(), chat).await?;
     let llm_url = format!("http://{chat_address}/v1");
@@ -190,9 +217,49 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         }
         team.start(binary, &env)?;
     }
-    review_from_the_cli(&bus, "run-traced", &traced).await?;
+    review_from_the_cli(&bus, "run-traced", &traced, None).await?;
     let events = delivered(&bus, &team, "run-traced").await?;
+
+    // A handling whose handler failed: its consumer span is marked failed, with the error.
+    let refused_diff = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        refused_diff.path(),
+        std::fs::read_to_string(workspace_root().join("agents/review/samples/refunds.diff"))?
+            .replacen("+import os", &format!("+import os  # {REFUSED}"), 1),
+    )?;
+    review_from_the_cli(&bus, "run-refused", &traced, Some(refused_diff.path())).await?;
+    let failed_handling = || {
+        spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spans
+            .iter()
+            .find(|s| {
+                s.kind == SpanKind::Consumer
+                    && s.service == "choreo-security"
+                    && s.attributes
+                        .get("messaging.message.conversation_id")
+                        .map(String::as_str)
+                        == Some("run-refused")
+                    && s.failed.is_some()
+            })
+            .cloned()
+    };
+    let waited = wait_until("security's failed handling exported", || async {
+        Ok(failed_handling().is_some())
+    })
+    .await;
     team.stop().await;
+    if let Err(err) = waited {
+        anyhow::bail!("{err}\n{}", team.logs());
+    }
+    let failed = failed_handling().and_then(|span| span.failed);
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|why| why.contains("refused the request with 400")),
+        "the span says why: {failed:?}"
+    );
 
     let root = events
         .iter()
