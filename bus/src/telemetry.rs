@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use choreo_proto::v1::Event;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer, TracerProvider as _,
+    SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
@@ -278,9 +278,18 @@ fn names_event(traceparent: &TraceParent, event: &Event) -> bool {
     }
 }
 
-/// The messaging attributes of `event` on `subject`.
-fn message_attributes(event: &Event, subject: &str) -> Vec<KeyValue> {
-    vec![
+/// A span builder for `event` on `subject`, named `<operation> <type>`, of `kind`, with the
+/// messaging attributes and `more`: how both the producer and the consumer span start.
+fn message_span(
+    tracer: &SdkTracer,
+    operation: &str,
+    kind: SpanKind,
+    event: &Event,
+    subject: &str,
+    more: [KeyValue; 3],
+) -> SpanBuilder {
+    let mut attributes = Vec::with_capacity(10);
+    attributes.extend([
         KeyValue::new("messaging.system", "nats"),
         KeyValue::new("messaging.destination.name", subject.to_string()),
         KeyValue::new("messaging.message.id", event.id.clone()),
@@ -291,7 +300,12 @@ fn message_attributes(event: &Event, subject: &str) -> Vec<KeyValue> {
         KeyValue::new("choreo.event.type", event.r#type.clone()),
         KeyValue::new("choreo.event.source", event.source.clone()),
         KeyValue::new("choreo.event.depth", i64::from(event.depth)),
-    ]
+    ]);
+    attributes.extend(more);
+    tracer
+        .span_builder(format!("{operation} {}", event.r#type))
+        .with_kind(kind)
+        .with_attributes(attributes)
 }
 
 /// A producer span for `event`, published on `subject` (`size` bytes), ended when dropped;
@@ -330,19 +344,21 @@ pub(crate) fn producer_span(
             && (parent_trace == TraceId::INVALID
                 || parent_trace == TraceId::from_bytes(tp.trace_id))
     });
-    let mut attributes = message_attributes(event, subject);
-    attributes.extend([
-        KeyValue::new("messaging.operation.type", "send"),
-        KeyValue::new("messaging.operation.name", "publish"),
-        KeyValue::new(
-            "messaging.message.body.size",
-            i64::try_from(size).unwrap_or(i64::MAX),
-        ),
-    ]);
-    let builder = tracer
-        .span_builder(format!("publish {}", event.r#type))
-        .with_kind(SpanKind::Producer)
-        .with_attributes(attributes);
+    let builder = message_span(
+        tracer,
+        "publish",
+        SpanKind::Producer,
+        event,
+        subject,
+        [
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new(
+                "messaging.message.body.size",
+                i64::try_from(size).unwrap_or(i64::MAX),
+            ),
+        ],
+    );
     CHOSEN_IDS.set(chosen.map(|tp| {
         (
             TraceId::from_bytes(tp.trace_id),
@@ -376,19 +392,21 @@ pub(crate) fn consumer_span(
     let tracer = TRACER.get()?;
     let parent = TraceParent::parse(&event.traceparent)
         .map_or_else(Context::new, |traceparent| remote_context(&traceparent));
-    let mut attributes = message_attributes(event, subject);
-    attributes.extend([
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.consumer.group.name", agent.to_string()),
-        KeyValue::new(
-            "choreo.delivery",
-            i64::try_from(delivery).unwrap_or(i64::MAX),
-        ),
-    ]);
-    let builder = tracer
-        .span_builder(format!("process {}", event.r#type))
-        .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes);
+    let builder = message_span(
+        tracer,
+        "process",
+        SpanKind::Consumer,
+        event,
+        subject,
+        [
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.consumer.group.name", agent.to_string()),
+            KeyValue::new(
+                "choreo.delivery",
+                i64::try_from(delivery).unwrap_or(i64::MAX),
+            ),
+        ],
+    );
     let span = tracer.build_with_context(builder, &parent);
     Some(parent.with_span(span))
 }
