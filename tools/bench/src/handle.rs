@@ -40,7 +40,14 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     if !settings.preloaded {
         fresh_streams_preloaded(client, settings).await?;
     }
-    let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
+    let mut stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
+    // Each round waits for `messages` events: fewer in the stream would wait forever.
+    let held = stream.info().await?.state.messages;
+    anyhow::ensure!(
+        held >= settings.messages as u64,
+        "the EVENTS stream holds {held} events, fewer than --messages {}",
+        settings.messages
+    );
 
     let n = settings.messages;
     let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
