@@ -180,7 +180,7 @@ impl<H: Handler> Worker<H> {
         // fraction of the work of converting a `tracing` span.
         let span = info_span!(
             crate::telemetry::HANDLE_SPAN,
-            // Strings, not `%` (Display): nothing formats them unless a log line is written.
+            // Strings, not `%` (Display): recorded as they are, without `fmt` machinery.
             agent = self.agent.name().as_str(),
             event_id = event.id.as_str(),
             event_type = event.r#type.as_str(),
