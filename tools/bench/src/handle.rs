@@ -31,7 +31,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, oneshot};
 
 use crate::publish::publish_envelopes;
-use crate::{Report, Settings, fresh_streams, median, payload, run_ids, with_client_cpu};
+use crate::{Report, Settings, fresh_streams, payload, run_ids, with_client_cpu};
 
 const EVENT_TYPE: &str = "bench.handled";
 const ECHO_TYPE: &str = "bench.echoed";
@@ -65,13 +65,11 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
         stream.delete_consumer(&format!("raw-{round}")).await?;
         stream.delete_consumer(&ours).await?;
     }
-    let mut report = Report::throughput("handle", settings, raw_rounds, ours_rounds);
-    for (side, cpu) in [("raw", raw_cpu), ("ours", ours_cpu)] {
-        if !cpu.is_empty() {
-            report.client_cpu_us_per_msg.insert(side, median(&cpu));
-        }
-    }
-    Ok(report)
+    Ok(
+        Report::throughput("handle", settings, raw_rounds, ours_rounds)
+            .with_client_cpu("raw", &raw_cpu)
+            .with_client_cpu("ours", &ours_cpu),
+    )
 }
 
 /// `guards`: the runtime with every guard on but not tripping vs with none; ratio = with /

@@ -199,6 +199,15 @@ impl Report {
         }
     }
 
+    /// Records `side`'s CPU time per message, the median of its rounds' (nothing when no round
+    /// could measure it).
+    pub fn with_client_cpu(mut self, side: &'static str, rounds: &[f64]) -> Report {
+        if !rounds.is_empty() {
+            self.client_cpu_us_per_msg.insert(side, median(rounds));
+        }
+        self
+    }
+
     /// Adds another throughput baseline measured in the same rounds; its ratio is ours / it.
     pub fn with_other(mut self, name: &'static str, is: &'static str, rounds: Vec<f64>) -> Report {
         let median = median(&rounds);

@@ -38,7 +38,7 @@ use choreo_bus::{
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 
-use crate::{Report, Settings, fresh_streams, median, payload, run_ids, with_client_cpu};
+use crate::{Report, Settings, fresh_streams, payload, run_ids, with_client_cpu};
 
 /// Acknowledgements awaited at once, on every side (below async-nats's default cap of 5,000).
 pub const ACK_WINDOW: usize = 4096;
@@ -137,11 +137,7 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
         same_wire_rounds,
     );
     for (side, cpu) in SIDES.iter().zip(&cpu) {
-        if !cpu.is_empty() {
-            report
-                .client_cpu_us_per_msg
-                .insert(side.name(), median(cpu));
-        }
+        report = report.with_client_cpu(side.name(), cpu);
     }
     Ok(report)
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 
-use crate::{Report, Settings, median};
+use crate::{Report, Settings};
 
 pub async fn run(
     client: &async_nats::Client,
@@ -55,12 +55,9 @@ pub async fn run(
     );
     let mut report = Report::throughput("telemetry", settings, without, with);
     report.raw_is = Some("the handle scenario's runtime without an exporter (OTEL_* unset)");
-    for (side, cpu) in [("raw", without_cpu), ("ours", with_cpu)] {
-        if !cpu.is_empty() {
-            report.client_cpu_us_per_msg.insert(side, median(&cpu));
-        }
-    }
-    Ok(report)
+    Ok(report
+        .with_client_cpu("raw", &without_cpu)
+        .with_client_cpu("ours", &with_cpu))
 }
 
 /// The runtime's rate in one `handle` round of a child process, exporting to `endpoint` if
