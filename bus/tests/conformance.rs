@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use choreo_bus::{
     Agent, Emit, Event, HandlerError, Incoming, NatsConfig, RuntimeConfig, envelope::TraceParent,
     handler_fn,
@@ -389,8 +390,13 @@ async fn wait_until_drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
     wait_until(
         "the consumer has nothing pending or unacknowledged",
         || async {
-            let info = stream.consumer_info(consumer).await?;
-            Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+            match stream.consumer_info(consumer).await {
+                Ok(info) => Ok(info.num_pending == 0 && info.num_ack_pending == 0),
+                // The runtime creates its consumer once its task runs, which may be after the
+                // test has published: nothing has been handled yet.
+                Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
+                Err(err) => Err(err.into()),
+            }
         },
     )
     .await
