@@ -12,7 +12,8 @@
 //! The stream is preloaded once with envelopes spread over 256 runs; every round binds a fresh
 //! durable consumer that reads them all. Both sides pull in batches of the runtime's default
 //! size with the same `max_ack_pending`, and both clocks start before the consumer is created
-//! and stop when the last message has been handled (raw: acked). `handle` also reports this
+//! and stop when the last message has been handled (raw: acked). The side that goes first
+//! changes every round (`guards` too). `handle` also reports this
 //! process's CPU time per message on each side (`client_cpu_us_per_msg`).
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, oneshot};
 
 use crate::publish::publish_envelopes;
-use crate::{Report, Settings, fresh_streams, payload, run_ids, with_client_cpu};
+use crate::{Report, Settings, fresh_streams, in_turn, payload, run_ids, with_client_cpu};
 
 const EVENT_TYPE: &str = "bench.handled";
 const ECHO_TYPE: &str = "bench.echoed";
@@ -53,13 +54,17 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
     let (mut raw_cpu, mut ours_cpu) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
-        let (rate, cpu) = with_client_cpu(n, raw_round(&stream, n, round)).await?;
-        raw_rounds.push(rate);
-        raw_cpu.extend(cpu);
         let ours = format!("ours-{round}");
         let config = with_metrics(RuntimeConfig::default());
-        let (rate, cpu) =
-            with_client_cpu(n, runtime_round(client, n, &ours, config, false)).await?;
+        let (raw, runtime) = in_turn(
+            round,
+            with_client_cpu(n, raw_round(&stream, n, round)),
+            with_client_cpu(n, runtime_round(client, n, &ours, config, false)),
+        )
+        .await;
+        let ((raw_rate, raw_cpu_us), (rate, cpu)) = (raw?, runtime?);
+        raw_rounds.push(raw_rate);
+        raw_cpu.extend(raw_cpu_us);
         ours_rounds.push(rate);
         ours_cpu.extend(cpu);
         stream.delete_consumer(&format!("raw-{round}")).await?;
@@ -88,9 +93,14 @@ pub async fn run_guards(
             guards: GuardsConfig::off(),
             ..RuntimeConfig::default()
         });
-        without_rounds
-            .push(runtime_round(client, settings.messages, &without, unguarded, true).await?);
-        with_rounds.push(runtime_round(client, settings.messages, &with, guarded()?, true).await?);
+        let (unguarded, guarded) = in_turn(
+            round,
+            runtime_round(client, settings.messages, &without, unguarded, true),
+            runtime_round(client, settings.messages, &with, guarded()?, true),
+        )
+        .await;
+        without_rounds.push(unguarded?);
+        with_rounds.push(guarded?);
         stream.delete_consumer(&without).await?;
         stream.delete_consumer(&with).await?;
     }

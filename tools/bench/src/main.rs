@@ -493,6 +493,23 @@ pub fn payload(bytes: usize) -> serde_json::Value {
     serde_json::json!({ "text": "x".repeat(bytes.saturating_sub(12)) })
 }
 
+/// Runs the two sides of round `round`, `raw` first in even rounds and `ours` first in odd
+/// ones, so neither side always runs second (behind the other's consumer, on a server still
+/// settling the other's work); returns their results as (raw, ours).
+pub async fn in_turn<R, O>(
+    round: usize,
+    raw: impl Future<Output = R>,
+    ours: impl Future<Output = O>,
+) -> (R, O) {
+    if round.is_multiple_of(2) {
+        let raw = raw.await;
+        (raw, ours.await)
+    } else {
+        let ours = ours.await;
+        (raw.await, ours)
+    }
+}
+
 /// Runs `work` (which handles `n` messages and returns msgs/s) and returns its rate with the
 /// CPU time this process spent meanwhile, per message, in µs: the client's cost, which on a
 /// machine shared with other work moves less than the rate. `None` where the kernel does not
@@ -519,4 +536,28 @@ fn process_cpu_ns() -> Option<u64> {
         total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::in_turn;
+
+    #[tokio::test]
+    async fn the_side_that_goes_first_changes_every_round() {
+        for round in 0..4 {
+            let order = RefCell::new(Vec::new());
+            in_turn(round, async { order.borrow_mut().push("raw") }, async {
+                order.borrow_mut().push("ours")
+            })
+            .await;
+            let expected = if round.is_multiple_of(2) {
+                ["raw", "ours"]
+            } else {
+                ["ours", "raw"]
+            };
+            assert_eq!(order.into_inner(), expected, "round {round}");
+        }
+    }
 }

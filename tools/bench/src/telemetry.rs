@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 
-use crate::{Report, Settings};
+use crate::{Report, Settings, in_turn};
 
 pub async fn run(
     client: &async_nats::Client,
@@ -40,13 +40,18 @@ pub async fn run(
 
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let (mut without_cpu, mut with_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..settings.rounds {
-        let (rate, cpu) = handle_round(nats_url, settings, None).await?;
+    for round in 0..settings.rounds {
+        let (plain, exporting) = in_turn(
+            round,
+            handle_round(nats_url, settings, None),
+            handle_round(nats_url, settings, Some(&endpoint)),
+        )
+        .await;
+        let ((rate, cpu), (exporting_rate, exporting_cpu)) = (plain?, exporting?);
         without.push(rate);
         without_cpu.extend(cpu);
-        let (rate, cpu) = handle_round(nats_url, settings, Some(&endpoint)).await?;
-        with.push(rate);
-        with_cpu.extend(cpu);
+        with.push(exporting_rate);
+        with_cpu.extend(exporting_cpu);
     }
     server.abort();
     anyhow::ensure!(
