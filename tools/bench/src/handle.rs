@@ -13,8 +13,8 @@
 //! durable consumer that reads them all. Both sides pull in batches of the runtime's default
 //! size with the same `max_ack_pending`, and both clocks start before the consumer is created
 //! and stop when the last message has been handled (raw: acked). The side that goes first
-//! changes every round (`guards` too). `handle` also reports this
-//! process's CPU time per message on each side (`client_cpu_us_per_msg`).
+//! changes every round (`guards` too). Both report this process's CPU time per handled event
+//! on each side (`client_cpu_us_per_msg`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,7 +86,9 @@ pub async fn run_guards(
     fresh_streams_preloaded(client, settings).await?;
     let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
 
+    let n = settings.messages;
     let (mut without_rounds, mut with_rounds) = (Vec::new(), Vec::new());
+    let (mut without_cpu, mut with_cpu) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
         let (without, with) = (format!("unguarded-{round}"), format!("guarded-{round}"));
         let unguarded = with_metrics(RuntimeConfig {
@@ -95,18 +97,23 @@ pub async fn run_guards(
         });
         let (unguarded, guarded) = in_turn(
             round,
-            runtime_round(client, settings.messages, &without, unguarded, true),
-            runtime_round(client, settings.messages, &with, guarded()?, true),
+            with_client_cpu(n, runtime_round(client, n, &without, unguarded, true)),
+            with_client_cpu(n, runtime_round(client, n, &with, guarded()?, true)),
         )
         .await;
-        without_rounds.push(unguarded?);
-        with_rounds.push(guarded?);
+        let ((unguarded_rate, unguarded_cpu), (guarded_rate, guarded_cpu)) = (unguarded?, guarded?);
+        without_rounds.push(unguarded_rate);
+        without_cpu.extend(unguarded_cpu);
+        with_rounds.push(guarded_rate);
+        with_cpu.extend(guarded_cpu);
         stream.delete_consumer(&without).await?;
         stream.delete_consumer(&with).await?;
     }
     let mut report = Report::throughput("guards", settings, without_rounds, with_rounds);
     report.raw_is = Some("the runtime with every guard off");
-    Ok(report)
+    Ok(report
+        .with_client_cpu("raw", &without_cpu)
+        .with_client_cpu("ours", &with_cpu))
 }
 
 /// Every guard on, none tripping: limits far above what one run or the machine reaches.
