@@ -32,7 +32,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, oneshot};
 
 use crate::publish::publish_envelopes;
-use crate::{Report, Settings, fresh_streams, in_turn, payload, run_ids, with_client_cpu};
+use crate::{PairedRounds, Report, Settings, fresh_streams, payload, run_ids, with_client_cpu};
 
 const EVENT_TYPE: &str = "bench.handled";
 const ECHO_TYPE: &str = "bench.echoed";
@@ -51,30 +51,21 @@ pub async fn run(client: &async_nats::Client, settings: &Settings) -> anyhow::Re
     );
 
     let n = settings.messages;
-    let (mut raw_rounds, mut ours_rounds) = (Vec::new(), Vec::new());
-    let (mut raw_cpu, mut ours_cpu) = (Vec::new(), Vec::new());
+    let mut rounds = PairedRounds::default();
     for round in 0..settings.rounds {
         let ours = format!("ours-{round}");
         let config = with_metrics(RuntimeConfig::default());
-        let (raw, runtime) = in_turn(
-            round,
-            with_client_cpu(n, raw_round(&stream, n, round)),
-            with_client_cpu(n, runtime_round(client, n, &ours, config, false)),
-        )
-        .await;
-        let ((raw_rate, raw_cpu_us), (rate, cpu)) = (raw?, runtime?);
-        raw_rounds.push(raw_rate);
-        raw_cpu.extend(raw_cpu_us);
-        ours_rounds.push(rate);
-        ours_cpu.extend(cpu);
+        rounds
+            .run(
+                round,
+                with_client_cpu(n, raw_round(&stream, n, round)),
+                with_client_cpu(n, runtime_round(client, n, &ours, config, false)),
+            )
+            .await?;
         stream.delete_consumer(&format!("raw-{round}")).await?;
         stream.delete_consumer(&ours).await?;
     }
-    Ok(
-        Report::throughput("handle", settings, raw_rounds, ours_rounds)
-            .with_client_cpu("raw", &raw_cpu)
-            .with_client_cpu("ours", &ours_cpu),
-    )
+    Ok(rounds.report("handle", settings))
 }
 
 /// `guards`: the runtime with every guard on but not tripping vs with none; ratio = with /
@@ -87,33 +78,26 @@ pub async fn run_guards(
     let stream = jetstream::new(client.clone()).get_stream("EVENTS").await?;
 
     let n = settings.messages;
-    let (mut without_rounds, mut with_rounds) = (Vec::new(), Vec::new());
-    let (mut without_cpu, mut with_cpu) = (Vec::new(), Vec::new());
+    let mut rounds = PairedRounds::default();
     for round in 0..settings.rounds {
         let (without, with) = (format!("unguarded-{round}"), format!("guarded-{round}"));
         let unguarded = with_metrics(RuntimeConfig {
             guards: GuardsConfig::off(),
             ..RuntimeConfig::default()
         });
-        let (unguarded, guarded) = in_turn(
-            round,
-            with_client_cpu(n, runtime_round(client, n, &without, unguarded, true)),
-            with_client_cpu(n, runtime_round(client, n, &with, guarded()?, true)),
-        )
-        .await;
-        let ((unguarded_rate, unguarded_cpu), (guarded_rate, guarded_cpu)) = (unguarded?, guarded?);
-        without_rounds.push(unguarded_rate);
-        without_cpu.extend(unguarded_cpu);
-        with_rounds.push(guarded_rate);
-        with_cpu.extend(guarded_cpu);
+        rounds
+            .run(
+                round,
+                with_client_cpu(n, runtime_round(client, n, &without, unguarded, true)),
+                with_client_cpu(n, runtime_round(client, n, &with, guarded()?, true)),
+            )
+            .await?;
         stream.delete_consumer(&without).await?;
         stream.delete_consumer(&with).await?;
     }
-    let mut report = Report::throughput("guards", settings, without_rounds, with_rounds);
+    let mut report = rounds.report("guards", settings);
     report.raw_is = Some("the runtime with every guard off");
-    Ok(report
-        .with_client_cpu("raw", &without_cpu)
-        .with_client_cpu("ours", &with_cpu))
+    Ok(report)
 }
 
 /// Every guard on, none tripping: limits far above what one run or the machine reaches.

@@ -493,10 +493,45 @@ pub fn payload(bytes: usize) -> serde_json::Value {
     serde_json::json!({ "text": "x".repeat(bytes.saturating_sub(12)) })
 }
 
+/// The rates and CPU times per message of a two-sided scenario's rounds, side by side.
+#[derive(Debug, Default)]
+pub struct PairedRounds {
+    raw: Vec<f64>,
+    ours: Vec<f64>,
+    raw_cpu: Vec<f64>,
+    ours_cpu: Vec<f64>,
+}
+
+impl PairedRounds {
+    /// Runs round `round`'s two sides in turn ([`in_turn`]), each giving its rate and CPU time
+    /// per message ([`with_client_cpu`]), and records both.
+    pub async fn run(
+        &mut self,
+        round: usize,
+        raw: impl Future<Output = anyhow::Result<(f64, Option<f64>)>>,
+        ours: impl Future<Output = anyhow::Result<(f64, Option<f64>)>>,
+    ) -> anyhow::Result<()> {
+        let (raw, ours) = in_turn(round, raw, ours).await;
+        let ((raw_rate, raw_cpu), (ours_rate, ours_cpu)) = (raw?, ours?);
+        self.raw.push(raw_rate);
+        self.raw_cpu.extend(raw_cpu);
+        self.ours.push(ours_rate);
+        self.ours_cpu.extend(ours_cpu);
+        Ok(())
+    }
+
+    /// The scenario's report: the rates' medians and ratio, and each side's CPU per message.
+    pub fn report(self, scenario: &'static str, settings: &Settings) -> Report {
+        Report::throughput(scenario, settings, self.raw, self.ours)
+            .with_client_cpu("raw", &self.raw_cpu)
+            .with_client_cpu("ours", &self.ours_cpu)
+    }
+}
+
 /// Runs the two sides of round `round`, `raw` first in even rounds and `ours` first in odd
 /// ones, so neither side always runs second (behind the other's consumer, on a server still
 /// settling the other's work); returns their results as (raw, ours).
-pub async fn in_turn<R, O>(
+async fn in_turn<R, O>(
     round: usize,
     raw: impl Future<Output = R>,
     ours: impl Future<Output = O>,

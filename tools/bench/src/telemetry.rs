@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 
-use crate::{Report, Settings, in_turn};
+use crate::{PairedRounds, Report, Settings};
 
 pub async fn run(
     client: &async_nats::Client,
@@ -38,31 +38,24 @@ pub async fn run(
     let endpoint = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
 
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    let (mut without_cpu, mut with_cpu) = (Vec::new(), Vec::new());
+    let mut rounds = PairedRounds::default();
     for round in 0..settings.rounds {
-        let (plain, exporting) = in_turn(
-            round,
-            handle_round(nats_url, settings, None),
-            handle_round(nats_url, settings, Some(&endpoint)),
-        )
-        .await;
-        let ((rate, cpu), (exporting_rate, exporting_cpu)) = (plain?, exporting?);
-        without.push(rate);
-        without_cpu.extend(cpu);
-        with.push(exporting_rate);
-        with_cpu.extend(exporting_cpu);
+        rounds
+            .run(
+                round,
+                handle_round(nats_url, settings, None),
+                handle_round(nats_url, settings, Some(&endpoint)),
+            )
+            .await?;
     }
     server.abort();
     anyhow::ensure!(
         exported.load(Ordering::Relaxed) > 0,
         "the receiver got no spans: the exporting side did not export"
     );
-    let mut report = Report::throughput("telemetry", settings, without, with);
+    let mut report = rounds.report("telemetry", settings);
     report.raw_is = Some("the handle scenario's runtime without an exporter (OTEL_* unset)");
-    Ok(report
-        .with_client_cpu("raw", &without_cpu)
-        .with_client_cpu("ours", &with_cpu))
+    Ok(report)
 }
 
 /// The runtime's rate in one `handle` round of a child process, exporting to `endpoint` if
