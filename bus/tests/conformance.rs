@@ -5,10 +5,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use choreo_bus::{
     Agent, Emit, Event, HandlerError, Incoming, NatsConfig, RuntimeConfig, envelope::TraceParent,
@@ -386,12 +388,16 @@ fn counted_split(runs: &Log<(String, u64)>) -> impl choreo_bus::Handler + use<> 
 }
 
 async fn wait_until_drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
-    let stream = bus.jetstream.get_stream("EVENTS").await?;
-    wait_until(
-        "the consumer has nothing pending or unacknowledged",
-        || async {
+    let stream = &bus.jetstream.get_stream("EVENTS").await?;
+    let created = &Cell::new(false);
+    let drained = wait_until(
+        &format!("consumer {consumer} has nothing pending or unacknowledged"),
+        move || async move {
             match stream.consumer_info(consumer).await {
-                Ok(info) => Ok(info.num_pending == 0 && info.num_ack_pending == 0),
+                Ok(info) => {
+                    created.set(true);
+                    Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+                }
                 // The runtime creates its consumer once its task runs, which may be after the
                 // test has published: nothing has been handled yet.
                 Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
@@ -399,7 +405,14 @@ async fn wait_until_drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
             }
         },
     )
-    .await
+    .await;
+    if created.get() {
+        drained
+    } else {
+        drained.context(format!(
+            "consumer {consumer} was never created: did the agent's runtime start?"
+        ))
+    }
 }
 
 /// Runs the splitter as `lost_user` over `inputs` events until `stored` of their children are

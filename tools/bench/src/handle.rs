@@ -202,7 +202,6 @@ impl Handler for Counting {
     }
 }
 
-/// One round of the runtime as agent `name` reading all `n` preloaded events; msgs/s.
 /// `config` serving its metrics on a free loopback port.
 fn with_metrics(config: RuntimeConfig) -> RuntimeConfig {
     RuntimeConfig {
@@ -211,6 +210,7 @@ fn with_metrics(config: RuntimeConfig) -> RuntimeConfig {
     }
 }
 
+/// One round of the runtime as agent `name` reading all `n` preloaded events; msgs/s.
 async fn runtime_round(
     client: &async_nats::Client,
     n: usize,

@@ -583,10 +583,19 @@ mod tests {
     async fn the_side_that_goes_first_changes_every_round() {
         for round in 0..4 {
             let order = RefCell::new(Vec::new());
-            in_turn(round, async { order.borrow_mut().push("raw") }, async {
-                order.borrow_mut().push("ours")
-            })
+            let results = in_turn(
+                round,
+                async {
+                    order.borrow_mut().push("raw");
+                    "raw"
+                },
+                async {
+                    order.borrow_mut().push("ours");
+                    "ours"
+                },
+            )
             .await;
+            assert_eq!(results, ("raw", "ours"), "round {round}: each in its place");
             let expected = if round.is_multiple_of(2) {
                 ["raw", "ours"]
             } else {
