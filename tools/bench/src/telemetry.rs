@@ -4,9 +4,10 @@
 //! A process exports or not for its whole life (the tracing layers are installed once), so
 //! each side runs in a child `choreo-bench handle --preloaded --as-agent` process (logs and
 //! traces set up as an agent's are) against this run's server and the events loaded here, one
-//! round each, the side that goes first changing every round; the receiver (here) answers every export 200 and counts the spans'
-//! bytes, so the report shows the export really happened. `client_cpu_us_per_msg` gives the
-//! children's CPU time per handled event, `raw` without and `ours` with the exporter.
+//! round each, the side that goes first changing every round; the receiver (here) answers
+//! every export 200 and counts the spans' bytes, so the report shows the export really
+//! happened. `client_cpu_us_per_msg` gives the children's CPU time per handled event, `raw`
+//! without and `ours` with the exporter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
