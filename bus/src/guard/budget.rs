@@ -29,6 +29,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use dashmap::DashMap;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::names::Namespace;
@@ -408,7 +409,21 @@ impl CorrelationBudget {
     }
 
     /// Adds to a counter and returns its new total.
-    async fn add(
+    ///
+    /// Boxed, as [`CorrelationBudget::read`] is: a request's future is kilobytes, and inlined
+    /// it would make [`CorrelationBudget::charge`]'s, which runs for every handling that
+    /// publishes and almost always answers from the grant in hand, as large, and with it
+    /// every handling's future.
+    fn add<'a>(
+        &'a self,
+        correlation: &'a str,
+        kind: BudgetKind,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<u64, BudgetError>> {
+        Box::pin(self.add_unboxed(correlation, kind, amount))
+    }
+
+    async fn add_unboxed(
         &self,
         correlation: &str,
         kind: BudgetKind,
@@ -443,8 +458,17 @@ impl CorrelationBudget {
             .map_err(|err| unavailable(format!("counter value is not a whole number: {err}")))
     }
 
-    /// Reads a counter; a counter never written is zero.
-    async fn read(&self, correlation: &str, kind: BudgetKind) -> Result<u64, BudgetError> {
+    /// Reads a counter; a counter never written is zero. Boxed for the reason
+    /// [`CorrelationBudget::add`] is.
+    fn read<'a>(
+        &'a self,
+        correlation: &'a str,
+        kind: BudgetKind,
+    ) -> BoxFuture<'a, Result<u64, BudgetError>> {
+        Box::pin(self.read_unboxed(correlation, kind))
+    }
+
+    async fn read_unboxed(&self, correlation: &str, kind: BudgetKind) -> Result<u64, BudgetError> {
         let subject = Self::subject(&self.namespace, correlation, kind);
         let unavailable = |detail: String| BudgetError::Unavailable {
             subject: subject.clone(),

@@ -55,7 +55,9 @@ impl<H: Handler> Worker<H> {
                 }
                 Fate::HandBack => break (AckKind::Nak(None), "handed_back"),
                 Fate::DeadLetter { reason, error } => {
-                    match self.dead_letters.write(original, reason, &error).await {
+                    // Boxed: rare, and inlined it would make every handling's future
+                    // larger (see the redelivery check in `Worker::before_handler`).
+                    match Box::pin(self.dead_letters.write(original, reason, &error)).await {
                         Ok(()) => {
                             error!(reason = %reason, error = %error, "dead-lettered");
                             self.deferrals.forget(facts.stream_sequence);

@@ -255,13 +255,16 @@ impl<H: Handler> Worker<H> {
         facts: &Facts,
     ) -> Result<Option<crate::guard::Permit>, Outcome> {
         if facts.delivered > 1 {
-            match handled::children_stored(
+            // Boxed: only redeliveries ask, and this future inlined would make every
+            // handling's future (and the task spawned for it) several kilobytes larger, which
+            // every event pays for in copies.
+            match Box::pin(handled::children_stored(
                 &self.jetstream,
                 &self.config.namespace,
                 &self.agent,
                 event,
                 facts.stream_sequence,
-            )
+            ))
             .await
             {
                 Ok(true) => {
@@ -391,7 +394,8 @@ impl<H: Handler> Worker<H> {
         let Some(budget) = self.guards.budget.as_ref().filter(|_| micros > 0) else {
             return outcome;
         };
-        match budget.charge_cost(&event.correlation_id, micros).await {
+        // Boxed, as the redelivery check is: only handlings that paid for model calls charge.
+        match Box::pin(budget.charge_cost(&event.correlation_id, micros)).await {
             Ok(()) => outcome,
             Err(err @ BudgetError::Exhausted { .. }) => {
                 self.metrics.budget_refused("runtime");
@@ -469,7 +473,8 @@ impl<H: Handler> Worker<H> {
                 .confirmed()
                 .await
         };
-        if let Err(err) = stored.await {
+        // Boxed, as the redelivery check is: most handlings leave no notice.
+        if let Err(err) = Box::pin(stored).await {
             warn!(error = %err, "could not record the handling in the log");
         }
     }
