@@ -302,8 +302,13 @@ fn message_span(
         KeyValue::new("choreo.event.depth", i64::from(event.depth)),
     ]);
     attributes.extend(more);
+    // Pushed into a string of the right size, not formatted: this runs for every handling.
+    let mut name = String::with_capacity(operation.len() + 1 + event.r#type.len());
+    name.push_str(operation);
+    name.push(' ');
+    name.push_str(&event.r#type);
     tracer
-        .span_builder(format!("{operation} {}", event.r#type))
+        .span_builder(name)
         .with_kind(kind)
         .with_attributes(attributes)
 }
