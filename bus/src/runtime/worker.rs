@@ -394,8 +394,7 @@ impl<H: Handler> Worker<H> {
         let Some(budget) = self.guards.budget.as_ref().filter(|_| micros > 0) else {
             return outcome;
         };
-        // Boxed, as the redelivery check is: only handlings that paid for model calls charge.
-        match Box::pin(budget.charge_cost(&event.correlation_id, micros)).await {
+        match budget.charge_cost(&event.correlation_id, micros).await {
             Ok(()) => outcome,
             Err(err @ BudgetError::Exhausted { .. }) => {
                 self.metrics.budget_refused("runtime");
