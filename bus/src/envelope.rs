@@ -435,12 +435,18 @@ impl TraceParent {
     }
 
     /// A new trace for a root event whose id is a fresh UUIDv7: the id's bytes are the trace
-    /// id (its last 8 bytes are random, as W3C asks of a trace id) and those random bytes the
-    /// span id. No hashing needed on the publish path.
+    /// id and its last 8 bytes the span id. No hashing needed on the publish path.
+    ///
+    /// Except for the UUID's two variant bits (always `10`), which in the trace id are replaced
+    /// by two of its random bits (from `rand_a`), so the trace id's low 8 bytes are all random:
+    /// OpenTelemetry's ratio sampler decides on them, and with the variant bits in place a
+    /// ratio below one half kept no run at all.
     pub fn root_from_uuid(id: &Uuid) -> Self {
+        let uuid = id.as_bytes();
         let mut bytes = [0u8; 24];
-        bytes[..16].copy_from_slice(id.as_bytes());
-        bytes[16..].copy_from_slice(&id.as_bytes()[8..]);
+        bytes[..16].copy_from_slice(uuid);
+        bytes[8] = (uuid[8] & 0x3f) | (uuid[7] << 6);
+        bytes[16..].copy_from_slice(&uuid[8..]);
         Self::sampled_from(&bytes)
     }
 

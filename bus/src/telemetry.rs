@@ -462,4 +462,36 @@ mod tests {
             "a caller's traceparent names the caller's span"
         );
     }
+
+    /// `OTEL_TRACES_SAMPLER=traceidratio` decides on the low 8 bytes of the trace id, which
+    /// for a generated root are its id's: they must be random there, or a ratio keeps the
+    /// wrong share of runs (none at all below one half, with a UUID's fixed variant bits).
+    #[test]
+    fn a_ratio_sampler_keeps_about_its_ratio_of_generated_runs() {
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+        let sampler = Sampler::TraceIdRatioBased(0.1);
+        let runs = 4000;
+        let kept = (0..runs)
+            .filter(|_| {
+                let root = RootEvent::new(emit(), "cli").into_event().expect("valid");
+                let traceparent = TraceParent::parse(&root.traceparent).expect("tp");
+                let decision = sampler
+                    .should_sample(
+                        None,
+                        TraceId::from_bytes(traceparent.trace_id),
+                        "publish a.b",
+                        &SpanKind::Producer,
+                        &[],
+                        &[],
+                    )
+                    .decision;
+                decision == SamplingDecision::RecordAndSample
+            })
+            .count();
+        // 400 expected; the bounds are more than six standard deviations (19) away.
+        assert!(
+            (280..=520).contains(&kept),
+            "a 0.1 ratio kept {kept} of {runs} runs"
+        );
+    }
 }
