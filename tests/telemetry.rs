@@ -1,6 +1,7 @@
 //! OpenTelemetry traces from a running team, received by a real OTLP/HTTP receiver that decodes
 //! the protobuf the exporters send: one review is one trace across every process, its span tree
-//! the causation tree, its model call a GenAI span; and without the endpoint nothing is sent.
+//! the causation tree, its model call a GenAI span; without the endpoint nothing is sent; and
+//! `OTEL_TRACES_SAMPLER=traceidratio` exports whole runs, exactly those its ratio keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -118,31 +119,39 @@ async fn receiver(address: std::net::SocketAddr) -> anyhow::Result<(String, Span
 }
 
 /// Requests a review of `diff` (by default the sample change) with the `choreo` binary, as run
-/// `id`.
+/// `id` (the request's own id) or, without one, a run named by the UUIDv7 the CLI generates;
+/// gives the run.
 async fn review_from_the_cli(
     bus: &Bus,
-    id: &str,
+    id: Option<&str>,
     env: &[(&str, &str)],
     diff: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let diff = diff.map_or_else(
         || workspace_root().join("agents/review/samples/refunds.diff"),
         std::path::Path::to_path_buf,
     );
     let request = refunds_request();
     let mut command = clean_command(&sibling_binary("choreo")?, &bus.server.url());
-    command
-        .args(["review", "--id", id, "--repository", &request.repository])
-        .arg("--diff")
-        .arg(diff)
-        .envs(env.iter().copied());
+    command.args(["review", "--repository", &request.repository]);
+    if let Some(id) = id {
+        command.args(["--id", id]);
+    }
+    command.arg("--diff").arg(diff).envs(env.iter().copied());
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     anyhow::ensure!(
         output.status.success(),
         "choreo review: {}",
         stderr(&output)
     );
-    Ok(())
+    // "review of N file(s) requested: event <id>  run <run>"
+    let printed = String::from_utf8_lossy(&output.stdout);
+    printed
+        .lines()
+        .next()
+        .and_then(|line| line.rsplit_once(" run "))
+        .map(|(_, run)| run.trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("choreo review printed no run: {printed}"))
 }
 
 async fn delivered(bus: &Bus, team: &Team, run: &str) -> anyhow::Result<Vec<Event>> {
@@ -174,7 +183,7 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
     let (_, default_port) = receiver(std::net::SocketAddr::from(([127, 0, 0, 1], 4318))).await?;
     let mut team = Team::new(bus.server.url())?;
     team.start_all(&quick_export)?;
-    review_from_the_cli(&bus, "run-untraced", &quick_export, None).await?;
+    review_from_the_cli(&bus, Some("run-untraced"), &quick_export, None).await?;
     delivered(&bus, &team, "run-untraced").await?;
     // Stopped, every process has flushed whatever it had to export.
     team.stop().await;
@@ -217,7 +226,7 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         }
         team.start(binary, &env)?;
     }
-    review_from_the_cli(&bus, "run-traced", &traced, None).await?;
+    review_from_the_cli(&bus, Some("run-traced"), &traced, None).await?;
     let events = delivered(&bus, &team, "run-traced").await?;
 
     // A handling whose handler failed: its consumer span is marked failed, with the error.
@@ -227,7 +236,13 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         std::fs::read_to_string(workspace_root().join("agents/review/samples/refunds.diff"))?
             .replacen("+import os", &format!("+import os  # {REFUSED}"), 1),
     )?;
-    review_from_the_cli(&bus, "run-refused", &traced, Some(refused_diff.path())).await?;
+    review_from_the_cli(
+        &bus,
+        Some("run-refused"),
+        &traced,
+        Some(refused_diff.path()),
+    )
+    .await?;
     let failed_handling = || {
         spans
             .lock()
@@ -375,6 +390,91 @@ async fn one_review_is_one_trace_whose_span_tree_is_the_causation_tree() -> anyh
         (parent.kind, parent.service.as_str()),
         (SpanKind::Consumer, "choreo-security"),
         "the call was made within security's handling"
+    );
+    Ok(())
+}
+
+/// Whether `traceidratio` at `ratio` keeps `trace_id`, as the SDK in every process decides.
+fn ratio_keeps(ratio: f64, trace_id: [u8; 16]) -> bool {
+    use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+    Sampler::TraceIdRatioBased(ratio)
+        .should_sample(
+            None,
+            opentelemetry::trace::TraceId::from_bytes(trace_id),
+            "publish",
+            &opentelemetry::trace::SpanKind::Producer,
+            &[],
+            &[],
+        )
+        .decision
+        == SamplingDecision::RecordAndSample
+}
+
+#[tokio::test]
+async fn a_sampling_ratio_exports_whole_runs_and_only_those() -> anyhow::Result<()> {
+    const RATIO: &str = "0.5";
+    let bus = Bus::start().await?;
+    let (endpoint, spans) = receiver(loopback()).await?;
+    let sampled = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", RATIO),
+    ];
+    let mut team = Team::new(bus.server.url())?;
+    team.start_all(&sampled)?;
+    let mut runs = Vec::new();
+    // Without `--id`: the CLI generates the request's id, a UUIDv7, whose bytes make the trace
+    // id, as for every request that comes without an id of its own.
+    // Twenty runs: a ratio of one half keeps none of them once in a million.
+    for _ in 0..20 {
+        let run = review_from_the_cli(&bus, None, &sampled, None).await?;
+        let events = delivered(&bus, &team, &run).await?;
+        runs.push((run, events));
+    }
+    // Stopped, every process has flushed whatever it had to export.
+    team.stop().await;
+
+    let spans = spans.lock().unwrap_or_else(|e| e.into_inner());
+    let mut kept = 0;
+    for (run, events) in &runs {
+        let root = events
+            .iter()
+            .find(|e| e.r#type == REQUESTED)
+            .expect("the request is in the run");
+        let trace = TraceParent::parse(&root.traceparent)
+            .expect("traceparent")
+            .trace_id;
+        let trace_id = hex(&trace);
+        let published: BTreeSet<&str> = spans
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == trace_id && s.kind == SpanKind::Producer)
+            .filter_map(|s| s.attributes.get("messaging.message.id"))
+            .map(String::as_str)
+            .collect();
+        if ratio_keeps(RATIO.parse()?, trace) {
+            kept += 1;
+            for event in events {
+                assert!(
+                    published.contains(event.id.as_str()),
+                    "{run} is kept, so is its {} {}",
+                    event.r#type,
+                    event.id
+                );
+            }
+        } else {
+            assert!(
+                spans.spans.iter().all(|s| s.trace_id != trace_id),
+                "{run} is not kept, yet spans of it were exported: {published:?}"
+            );
+        }
+    }
+    // With the UUID's variant bits in the trace id's low bytes, a ratio of one half kept none.
+    assert!(
+        kept > 0,
+        "a ratio of {RATIO} kept none of {} runs",
+        runs.len()
     );
     Ok(())
 }
