@@ -268,6 +268,31 @@ async fn agents_killed_mid_run_and_started_again_complete_it_without_duplicated_
 }
 
 #[tokio::test]
+async fn an_aggregator_started_after_its_specialists_finished_reports_under_the_last_completion()
+-> anyhow::Result<()> {
+    let bus = Bus::start().await?;
+    let mut team = Team::new(bus.server.url())?;
+    for binary in choreo_testkit::team::TEAM {
+        if binary != "choreo-aggregator" {
+            team.start(binary, &[])?;
+        }
+    }
+    let run = request_review(&bus).await?;
+    let completions = wait_for(&bus, &team, &run, SPECIALIST_COMPLETED, 4).await?;
+    // Every handling of the aggregator now reads a complete round, the plan's first.
+    team.start("choreo-aggregator", &[])?;
+    let reports = wait_for(&bus, &team, &run, COMPLETED, 1).await?;
+    let last = completions.last().context("four completions")?;
+    assert_eq!(
+        reports[0].causation_id, last.id,
+        "the report hangs under the completion stored last ({}), as in any other run",
+        last.source
+    );
+    team.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_round_whose_specialist_never_answers_is_reported_at_its_deadline() -> anyhow::Result<()>
 {
     let bus = Bus::start().await?;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use choreo_bus::dead_letter::REDRIVE_FOR;
 use choreo_bus::envelope::EventView;
 use choreo_bus::log::LogRecord;
 use choreo_bus::projection::Projection;
@@ -23,6 +24,9 @@ pub struct ReviewJoin {
     pub completions: BTreeMap<String, BTreeMap<u32, SpecialistCompleted>>,
     /// Findings by specialist, then round, then event id (a finding stored twice counts once).
     pub findings: BTreeMap<String, BTreeMap<u32, BTreeMap<String, Finding>>>,
+    /// The stream sequence of the run's last event that the aggregator handles: only its
+    /// handling reports ([`crate::emits_for`]).
+    pub last_input: u64,
 }
 
 /// What triage planned, without the diff.
@@ -45,11 +49,18 @@ pub struct Round {
 }
 
 impl Projection for ReviewJoin {
-    const NAME: &'static str = "review-join-v1";
+    const NAME: &'static str = "review-join-v2";
 
     /// Payloads that do not parse are left out: the agent that wrote them was dead-lettered
-    /// or is a different build, and the join can only wait for what it can read.
-    fn apply(&mut self, event: &EventView<'_>, _record: &LogRecord) {
+    /// or is a different build, and the join can only wait for what it can read. They are
+    /// still inputs: the aggregator handles them like any other.
+    fn apply(&mut self, event: &EventView<'_>, record: &LogRecord) {
+        let handled_here = record
+            .header(REDRIVE_FOR)
+            .is_none_or(|agent| agent == crate::AGENT);
+        if INPUTS.contains(&event.event_type) && handled_here {
+            self.last_input = record.sequence;
+        }
         match event.event_type {
             PLANNED => {
                 let Some(planned) = parse::<ReviewPlanned>(event) else {
@@ -104,6 +115,9 @@ impl Projection for ReviewJoin {
         }
     }
 }
+
+/// The event types the aggregator subscribes to.
+pub const INPUTS: [&str; 3] = [PLANNED, SPECIALIST_COMPLETED, DEADLINE];
 
 fn parse<T: serde::de::DeserializeOwned>(event: &EventView<'_>) -> Option<T> {
     serde_json::from_slice(event.data).ok()

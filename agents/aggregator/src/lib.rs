@@ -5,29 +5,34 @@
 //! Its join state is a projection ([`join::ReviewJoin`]) folded from the run's own events each
 //! time it decides: the log, not the process, holds the state, so a restarted aggregator, or
 //! another copy of it, decides from everything the run holds, whichever copy handled what.
-//! The read is filtered to the run's subjects, so it costs the run's size. Two copies that both
-//! see a round complete both emit its report with the same once-per-run id, and the stream
-//! keeps one. Deadlines come from [`deadline`].
+//! The read is filtered to the run's subjects, so it costs the run's size. Only the handling of
+//! the run's last input reports ([`emits_for`]), so the report hangs under the input that
+//! completed the join. A copy that handles that input again reports again with the same
+//! once-per-run id, and the stream keeps one. Deadlines come from [`deadline`].
 
 pub mod deadline;
 pub mod join;
 
 use std::time::Duration;
 
-use choreo_bus::projection::Projector;
+use choreo_bus::projection::{Folded, Projector};
 use choreo_bus::serve::ServeContext;
 use choreo_bus::settings::HumanDuration;
 use choreo_bus::{Agent, Emit, HandlerError, Incoming, ValidationError};
-use choreo_review::events::{COMPLETED, DEADLINE, PLANNED, SPECIALIST_COMPLETED};
+use choreo_review::events::{COMPLETED, DEADLINE};
 use choreo_review::{emit_json, unexpected_type};
 
-use crate::join::{Decision, ReviewJoin};
+use crate::join::{Decision, INPUTS, ReviewJoin};
+
+/// The agent's name, which a redriven event names when it is for the aggregator.
+pub const AGENT: &str = "aggregator";
 
 pub fn agent() -> Result<Agent, ValidationError> {
-    Agent::builder("aggregator")
-        .subscribes(PLANNED)
-        .subscribes(SPECIALIST_COMPLETED)
-        .subscribes(DEADLINE)
+    INPUTS
+        .into_iter()
+        .fold(Agent::builder(AGENT), |builder, input| {
+            builder.subscribes(input)
+        })
         .emits(COMPLETED)
         // Published by the deadline watch, not by the handler.
         .emits(DEADLINE)
@@ -112,7 +117,7 @@ pub struct Aggregator {
 
 impl choreo_bus::Handler for Aggregator {
     async fn handle(&self, event: &Incoming) -> Result<Vec<Emit>, HandlerError> {
-        if ![PLANNED, SPECIALIST_COMPLETED, DEADLINE].contains(&event.r#type.as_str()) {
+        if !INPUTS.contains(&event.r#type.as_str()) {
             return Err(unexpected_type(&event.r#type));
         }
         let join = self
@@ -128,13 +133,31 @@ impl choreo_bus::Handler for Aggregator {
                     HandlerError::retryable(error)
                 }
             })?;
-        emits_for(&join.state)
+        emits_for(&join, event.stream_sequence)
     }
 }
 
-/// What the join emits in its current state.
-pub fn emits_for(join: &ReviewJoin) -> Result<Vec<Emit>, HandlerError> {
-    match join.decide() {
+/// What the handling of the event stored at sequence `handled` emits, given the run's join as
+/// read by that handling.
+///
+/// Only the handling of the run's last input reports. Handlings run side by side and each
+/// reads the log, so the handling of an earlier input (the plan, when the aggregator starts
+/// late) may read a log in which the round is already complete; the last input's handling
+/// always reads one that holds everything before it. Leaving the report to it hangs the
+/// report under the input that completed the join in stream order, whichever handling ran
+/// first, so a replay's tree lines up with the original's (`choreo diff`).
+pub fn emits_for(join: &Folded<ReviewJoin>, handled: u64) -> Result<Vec<Emit>, HandlerError> {
+    if join.position.sequence < handled {
+        // A read from a replica that lags behind: the last input's handling must see it all.
+        return Err(HandlerError::retryable(format!(
+            "the run's log was read up to sequence {}, short of the event at {handled}",
+            join.position.sequence
+        )));
+    }
+    if join.state.last_input != handled {
+        return Ok(Vec::new());
+    }
+    match join.state.decide() {
         Decision::Wait => Ok(Vec::new()),
         Decision::FindingsInFlight(why) => Err(HandlerError::retryable(why)),
         Decision::Report(report) => {

@@ -1,8 +1,11 @@
 //! The join, given a run's events: what it emits.
 
+use std::collections::BTreeMap;
+
+use choreo_bus::dead_letter::REDRIVE_FOR;
 use choreo_bus::log::LogRecord;
-use choreo_bus::projection::Projection;
-use choreo_bus::{Event, Namespace};
+use choreo_bus::projection::Folded;
+use choreo_bus::{Emit, Event, HandlerError, Namespace};
 use choreo_review::events::*;
 use choreo_review::report::{Report, Verdict};
 use choreo_review::testing;
@@ -11,8 +14,11 @@ use choreo_review::{Finding, Severity, emit_json};
 use super::*;
 
 /// A run being built: events in log order, each a child of the plan unless said otherwise.
+/// An event's stream sequence is its place in `events`, from 1.
 struct Run {
     events: Vec<Event>,
+    /// Sequences of redriven copies, with the agent each is for.
+    redriven_for: BTreeMap<u64, String>,
 }
 
 impl Run {
@@ -34,20 +40,34 @@ impl Run {
         let planned = testing::child(&requested, "triage", emit(PLANNED, &plan));
         Run {
             events: vec![requested.event, planned.event],
+            redriven_for: BTreeMap::new(),
         }
     }
+
+    /// The plan's sequence.
+    const PLAN: u64 = 2;
 
     fn plan(&self) -> &Event {
         &self.events[1]
     }
 
-    fn push(&mut self, agent: &str, event_type: &str, payload: &impl serde::Serialize) -> &Event {
+    /// Stores an event and gives its sequence.
+    fn push(&mut self, agent: &str, event_type: &str, payload: &impl serde::Serialize) -> u64 {
         let parent = self.plan().clone();
         // Distinct ids per push, as the runtime's index would give.
         let mut event = testing::child(&parent, agent, emit(event_type, payload)).event;
         event.id = format!("{}-{}", event.id, self.events.len());
         self.events.push(event);
-        self.events.last().expect("just pushed")
+        self.events.len() as u64
+    }
+
+    /// Stores a redriven copy of the event at `sequence`, for `agent` only.
+    fn redrive(&mut self, sequence: u64, agent: &str) -> u64 {
+        let copy = self.events[sequence as usize - 1].clone();
+        self.events.push(copy);
+        let at = self.events.len() as u64;
+        self.redriven_for.insert(at, agent.to_string());
+        at
     }
 
     fn finding(
@@ -76,7 +96,7 @@ impl Run {
         );
     }
 
-    fn completed(&mut self, specialist: &str, round: u32, findings: usize) {
+    fn completed(&mut self, specialist: &str, round: u32, findings: usize) -> u64 {
         self.push(
             specialist,
             SPECIALIST_COMPLETED,
@@ -90,26 +110,37 @@ impl Run {
                 },
                 tokens: 7,
             },
-        );
+        )
     }
 
-    fn join(&self) -> ReviewJoin {
+    /// The join as a handling reads it when the log holds the first `stored` events.
+    fn join_of(&self, stored: usize) -> Folded<ReviewJoin> {
         let namespace = Namespace::default();
-        let mut join = ReviewJoin::default();
-        for (i, event) in self.events.iter().enumerate() {
-            let record = LogRecord::of_event(
-                &namespace,
-                i as u64 + 1,
-                time::OffsetDateTime::now_utc(),
-                event,
-            );
-            join.apply(&record.view().expect("a valid event"), &record);
+        let mut join = Folded::<ReviewJoin>::default();
+        for (i, event) in self.events.iter().take(stored).enumerate() {
+            let sequence = i as u64 + 1;
+            let mut record =
+                LogRecord::of_event(&namespace, sequence, time::OffsetDateTime::now_utc(), event);
+            if let Some(agent) = self.redriven_for.get(&sequence) {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(REDRIVE_FOR, agent.as_str());
+                record.headers = Some(headers);
+            }
+            join.apply(&record);
         }
         join
     }
 
+    /// What the handling of the event at `handled` emits, reading the whole run.
+    fn emits_handling(&self, handled: u64) -> Result<Vec<Emit>, HandlerError> {
+        emits_for(&self.join_of(self.events.len()), handled)
+    }
+
+    /// The report the handling of the run's last event emits.
     fn report(&self) -> Report {
-        let emits = emits_for(&self.join()).expect("decides");
+        let emits = self
+            .emits_handling(self.events.len() as u64)
+            .expect("decides");
         assert_eq!(emits.len(), 1, "one report");
         assert_eq!(emits[0].event_type.as_str(), COMPLETED);
         serde_json::from_slice(&emits[0].data).expect("a report")
@@ -130,9 +161,11 @@ fn waits_for_every_planned_specialist_then_reports_their_raw_outputs_verbatim() 
         Severity::Critical,
         Some("read it from the environment"),
     );
-    run.completed("security", 1, 1);
+    let security_done = run.completed("security", 1, 1);
     assert!(
-        emits_for(&run.join()).expect("decides").is_empty(),
+        run.emits_handling(security_done)
+            .expect("decides")
+            .is_empty(),
         "style is still out"
     );
 
@@ -178,25 +211,81 @@ fn waits_for_every_planned_specialist_then_reports_their_raw_outputs_verbatim() 
 #[test]
 fn the_report_is_one_of_a_kind_in_the_run_whatever_triggered_it() {
     let mut run = Run::planned(&["tests"]);
-    run.completed("tests", 1, 0);
-    let emits = emits_for(&run.join()).expect("decides");
+    let tests_done = run.completed("tests", 1, 0);
+    let emits = run.emits_handling(tests_done).expect("decides");
     assert_eq!(emits[0].run_key.as_deref(), Some("round-1"));
     let report: Report = serde_json::from_slice(&emits[0].data).expect("report");
     assert_eq!(report.verdict, Verdict::Clean);
 
     run.push("aggregator", COMPLETED, &report);
     assert!(
-        emits_for(&run.join()).expect("decides").is_empty(),
-        "reported once"
+        run.emits_handling(tests_done).expect("decides").is_empty(),
+        "reported once, even when the completion is handled again"
     );
+}
+
+#[test]
+fn only_the_handling_of_the_last_input_reports_so_the_report_hangs_under_it() {
+    let mut run = Run::planned(&["security", "style"]);
+    let security_done = run.completed("security", 1, 0);
+    let style_done = run.completed("style", 1, 0);
+    // The aggregator started late: every handling reads a log in which the round is complete.
+    for earlier in [Run::PLAN, security_done] {
+        assert!(
+            run.emits_handling(earlier).expect("decides").is_empty(),
+            "the handling of the event at {earlier} leaves the report to the last input's"
+        );
+    }
+    assert_eq!(run.emits_handling(style_done).expect("decides").len(), 1);
+}
+
+#[test]
+fn a_copy_redriven_for_another_agent_is_not_an_input_and_one_for_the_aggregator_is() {
+    let mut run = Run::planned(&["security"]);
+    let security_done = run.completed("security", 1, 0);
+    let for_security = run.redrive(Run::PLAN, "security");
+    assert!(
+        run.emits_handling(for_security)
+            .expect("decides")
+            .is_empty()
+    );
+    assert_eq!(
+        run.emits_handling(security_done).expect("decides").len(),
+        1,
+        "the aggregator never handles the copy, so the completion is still the last input"
+    );
+
+    let for_the_aggregator = run.redrive(security_done, AGENT);
+    assert!(
+        run.emits_handling(security_done)
+            .expect("decides")
+            .is_empty()
+    );
+    assert_eq!(
+        run.emits_handling(for_the_aggregator)
+            .expect("decides")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_read_of_the_log_short_of_the_handled_event_is_retried() {
+    let mut run = Run::planned(&["security"]);
+    let security_done = run.completed("security", 1, 0);
+    let lagging = run.join_of(security_done as usize - 1);
+    let err = emits_for(&lagging, security_done).expect_err("the read misses the event");
+    assert!(err.is_retryable(), "{err}");
 }
 
 #[test]
 fn a_completion_whose_findings_are_not_all_in_yet_is_retried() {
     let mut run = Run::planned(&["security"]);
     run.finding("security", 1, Severity::High, Some("use parameters"));
-    run.completed("security", 1, 2);
-    let err = emits_for(&run.join()).expect_err("one finding missing");
+    let security_done = run.completed("security", 1, 2);
+    let err = run
+        .emits_handling(security_done)
+        .expect_err("one finding missing");
     assert!(err.is_retryable(), "{err}");
 }
 
@@ -220,7 +309,7 @@ fn a_revision_round_waits_only_for_the_revised_specialist_and_keeps_the_others()
     let mut run = Run::planned(&["security", "style"]);
     run.finding("security", 1, Severity::High, None);
     run.completed("security", 1, 1);
-    run.completed("style", 1, 0);
+    let style_done = run.completed("style", 1, 0);
     let first = run.report();
     run.push("aggregator", COMPLETED, &first);
     let revision = RevisionRequested {
@@ -238,7 +327,7 @@ fn a_revision_round_waits_only_for_the_revised_specialist_and_keeps_the_others()
     };
     run.push("editor", REVISION_REQUESTED, &revision);
     assert!(
-        emits_for(&run.join()).expect("decides").is_empty(),
+        run.emits_handling(style_done).expect("decides").is_empty(),
         "security is revising"
     );
 
